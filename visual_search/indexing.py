@@ -1,0 +1,96 @@
+"""The HNSW index of each embedding space.
+
+The vector column has no fixed dimension (spaces differ), so each space gets a partial
+expression index ``USING hnsw ((embedding::halfvec(N)) halfvec_cosine_ops) WHERE space_id =
+'<space>'``; queries.py repeats the same cast and predicate so the planner can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+
+from django.db import connection
+
+from visual_search.conf import vs_settings
+from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+
+TABLE = ProductEmbedding._meta.db_table
+
+
+def index_name(space: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", space.lower()).strip("_")[:30]
+    return f"vs_hnsw_{slug}_{hashlib.sha1(space.encode()).hexdigest()[:8]}"
+
+
+def vector_expression(dimension: int) -> str:
+    return f"(embedding::halfvec({int(dimension)}))"
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def index_predicate(space: str) -> str:
+    # Literal, not a parameter: a partial index is only used when the query's predicate
+    # provably implies it, which the planner checks on constants.
+    return f"space_id = {_quote_literal(space)} AND status = {_quote_literal(EmbeddingStatus.READY)}"
+
+
+@dataclass
+class IndexState:
+    name: str
+    exists: bool
+    valid: bool
+    size_bytes: int
+
+
+def index_state(space: str) -> IndexState:
+    name = index_name(space)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT i.indisvalid, pg_relation_size(c.oid)
+            FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+            WHERE c.relname = %s
+            """,
+            [name],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return IndexState(name, False, False, 0)
+    return IndexState(name, True, bool(row[0]), int(row[1]))
+
+
+def ensure_index(space: EmbeddingSpace, *, rebuild: bool = False) -> float:
+    """Create (or rebuild) the space's HNSW index; returns the seconds it took.
+
+    Outside a transaction it is built CONCURRENTLY, so writes go on meanwhile; an invalid
+    index left by an interrupted concurrent build is dropped and built again.
+    """
+    state = index_state(space.name)
+    if state.exists and state.valid and not rebuild:
+        return 0.0
+    hnsw = vs_settings.HNSW
+    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        if state.exists:
+            cursor.execute(f'DROP INDEX {concurrently} IF EXISTS "{state.name}"')
+        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)",
+                       [str(hnsw["MAINTENANCE_WORK_MEM"])])
+        cursor.execute(
+            f'CREATE INDEX {concurrently} IF NOT EXISTS "{state.name}" ON {TABLE} '
+            f"USING hnsw ({vector_expression(space.dimension)} halfvec_cosine_ops) "
+            f"WITH (m = {int(hnsw['M'])}, ef_construction = {int(hnsw['EF_CONSTRUCTION'])}) "
+            f"WHERE {index_predicate(space.name)}"
+        )
+        cursor.execute("RESET maintenance_work_mem")
+    return time.monotonic() - started
+
+
+def drop_index(space: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP INDEX IF EXISTS "{index_name(space)}"')

@@ -1,0 +1,75 @@
+"""The app's own tables: embedding spaces and one embedding row per (product, image, space).
+
+The product is a real ForeignKey to the model named by ``VISUAL_SEARCH_PRODUCT_MODEL`` (the
+pattern of DRF's authtoken), so the shop never edits its Product model and deleting a product
+cascades to its embeddings.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+from pgvector.django import HalfVectorField
+
+
+class EmbeddingSpace(models.Model):
+    """One encoder configuration; its vectors are only ever compared with each other."""
+
+    name = models.CharField(_("name"), max_length=100, primary_key=True)
+    # Unknown until the encoder first runs (in a worker), so a web process never loads it.
+    dimension = models.PositiveIntegerField(_("dimension"), null=True, blank=True)
+    encoder = models.JSONField(_("encoder configuration"), default=dict)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("embedding space")
+        verbose_name_plural = _("embedding spaces")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.dimension or '?'}d)"
+
+
+class EmbeddingStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    READY = "ready", _("Ready")
+    FAILED = "failed", _("Failed")
+
+
+class ProductEmbedding(models.Model):
+    product = models.ForeignKey(
+        getattr(settings, "VISUAL_SEARCH_PRODUCT_MODEL", None),
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name=_("product"),
+    )
+    space = models.ForeignKey(
+        EmbeddingSpace, on_delete=models.CASCADE, related_name="embeddings", verbose_name=_("space")
+    )
+    # Identifies the image inside the product's gallery (a storage name, a path or a key
+    # the gallery callable chose); stable across saves so unchanged images are skipped.
+    image_key = models.CharField(_("image"), max_length=500)
+    content_hash = models.CharField(_("content hash"), max_length=64, blank=True)
+    # Dimension-free column: each space has its own dimension, and its HNSW index is a
+    # partial expression index on embedding::halfvec(N) (see indexing.py).
+    embedding = HalfVectorField(_("embedding"), null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=EmbeddingStatus.choices, default=EmbeddingStatus.PENDING
+    )
+    error = models.TextField(_("error"), blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("product embedding")
+        verbose_name_plural = _("product embeddings")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["product", "space", "image_key"], name="visual_search_unique_image"
+            )
+        ]
+        indexes = [models.Index(fields=["space", "status"], name="visual_search_space_status")]
+
+    def __str__(self) -> str:
+        return f"{self.product_id} / {self.image_key} [{self.status}]"

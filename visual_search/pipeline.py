@@ -1,0 +1,179 @@
+"""Computing and storing embeddings for products: the work behind the Celery task.
+
+Images whose content hash is unchanged are skipped; an image that cannot be used is recorded
+as a failed row with its error (permanent, not retried); anything else (a storage or database
+outage, an encoder that will not load) propagates so the task can retry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models, transaction
+from PIL import Image
+
+from visual_search.encoders import get_encoder
+from visual_search.exceptions import UnusableImage
+from visual_search.gallery import GalleryImage, product_images
+from visual_search.images import load_image, read_bytes
+from visual_search.indexing import ensure_index
+from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search.models_registry import get_product_model
+from visual_search.spaces import ensure_current_space
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedReport:
+    """What one embedding run did; ``failed`` maps (product pk, image key) to the error."""
+
+    embedded: int = 0
+    skipped: int = 0
+    removed: int = 0
+    missing_products: list[Any] = field(default_factory=list)
+    failed: dict[tuple[Any, str], str] = field(default_factory=dict)
+
+    def merge(self, other: EmbedReport) -> None:
+        self.embedded += other.embedded
+        self.skipped += other.skipped
+        self.removed += other.removed
+        self.missing_products += other.missing_products
+        self.failed.update(other.failed)
+
+
+@dataclass
+class _Work:
+    product_pk: Any
+    image: GalleryImage
+    content_hash: str = ""
+    picture: Image.Image | None = None
+
+
+def sync_gallery_rows(product: models.Model, space: EmbeddingSpace) -> tuple[list[GalleryImage], int]:
+    """Make the space's rows match the gallery's keys: new keys pending, gone keys deleted."""
+    gallery = product_images(product)
+    keys = [image.key for image in gallery]
+    rows = ProductEmbedding.objects.filter(product_id=product.pk, space=space)
+    removed, _ = rows.exclude(image_key__in=keys).delete()
+    existing = set(rows.values_list("image_key", flat=True))
+    ProductEmbedding.objects.bulk_create(
+        [
+            ProductEmbedding(product_id=product.pk, space=space, image_key=key)
+            for key in keys
+            if key not in existing
+        ],
+        ignore_conflicts=True,
+    )
+    return gallery, removed
+
+
+def embed_products(products_or_pks: Iterable[Any], *, force: bool = False) -> EmbedReport:
+    """Embed the galleries of these products in the current space, in encoder batches."""
+    encoder = get_encoder()
+    space = ensure_current_space(encoder, with_dimension=True)
+    ensure_index(space)
+    report = EmbedReport()
+    work: list[_Work] = []
+    for product in _load_products(products_or_pks, report):
+        gallery, removed = sync_gallery_rows(product, space)
+        report.removed += removed
+        known = {
+            row.image_key: row
+            for row in ProductEmbedding.objects.filter(product_id=product.pk, space=space)
+        }
+        for image in gallery:
+            item = _Work(product.pk, image)
+            try:
+                data = read_bytes(image.source)
+            except UnusableImage as exc:
+                _record_failure(space, item, str(exc), report)
+                continue
+            item.content_hash = hashlib.sha256(data).hexdigest()
+            row = known.get(image.key)
+            unchanged = row is not None and row.content_hash == item.content_hash
+            if unchanged and not force and row.status != EmbeddingStatus.PENDING:
+                report.skipped += 1
+                continue
+            try:
+                item.picture = load_image(data)
+            except UnusableImage as exc:
+                _record_failure(space, item, str(exc), report)
+                continue
+            work.append(item)
+    batch_size = max(1, int(getattr(encoder, "batch_size", 32)))
+    for start in range(0, len(work), batch_size):
+        batch = work[start : start + batch_size]
+        vectors = encoder.encode([item.picture for item in batch])
+        _store_vectors(space, batch, vectors)
+        report.embedded += len(batch)
+    return report
+
+
+def _load_products(products_or_pks: Iterable[Any], report: EmbedReport) -> list[models.Model]:
+    model = get_product_model()
+    products: list[models.Model] = []
+    pks: list[Any] = []
+    for item in products_or_pks:
+        (products if isinstance(item, model) else pks).append(item)
+    if pks:
+        found = model._default_manager.in_bulk(pks)
+        normalised = {str(pk): product for pk, product in found.items()}
+        for pk in pks:
+            product = normalised.get(str(pk))
+            if product is None:
+                report.missing_products.append(pk)
+            else:
+                products.append(product)
+    return products
+
+
+def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) -> None:
+    rows = [
+        ProductEmbedding(
+            product_id=item.product_pk,
+            space=space,
+            image_key=item.image.key,
+            content_hash=item.content_hash,
+            embedding=vector,
+            status=EmbeddingStatus.READY,
+            error="",
+        )
+        for item, vector in zip(batch, vectors)
+    ]
+    _upsert(rows, ["content_hash", "embedding", "status", "error", "updated_at"])
+
+
+def _record_failure(space: EmbeddingSpace, item: _Work, error: str, report: EmbedReport) -> None:
+    logger.warning("Cannot embed %s of product %s: %s", item.image.key, item.product_pk, error)
+    report.failed[(item.product_pk, item.image.key)] = error
+    with transaction.atomic():
+        row, _ = ProductEmbedding.objects.select_for_update().get_or_create(
+            product_id=item.product_pk, space=space, image_key=item.image.key
+        )
+        row.content_hash = item.content_hash
+        row.embedding = None
+        row.status = EmbeddingStatus.FAILED
+        row.error = error
+        row.attempts += 1
+        row.save()
+
+
+def _upsert(rows: list[ProductEmbedding], update_fields: list[str]) -> None:
+    ProductEmbedding.objects.bulk_create(
+        rows,
+        update_conflicts=True,
+        unique_fields=["product", "space", "image_key"],
+        update_fields=update_fields,
+    )
+
+
+def mark_products_failed(pks: Iterable[Any], error: str) -> int:
+    """Give up on products whose task ran out of retries: their pending rows say why."""
+    return ProductEmbedding.objects.filter(
+        product_id__in=list(pks), status=EmbeddingStatus.PENDING
+    ).update(status=EmbeddingStatus.FAILED, error=error[:2000], attempts=models.F("attempts") + 1)

@@ -1,0 +1,226 @@
+"""The only door to visual search: the API, admin, template tags, commands and tasks call these.
+
+Queries take the shop's own QuerySet as a filter and return at most k results, one per
+product (scored by its best image), best first, as ``SearchResult`` objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Count, Q
+
+from visual_search.conf import vs_settings
+from visual_search.encoders import get_encoder
+from visual_search.exceptions import ProductNotFound, VisualSearchError
+from visual_search.images import Box, ImageSource, load_image
+from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search.models_registry import get_product_model
+from visual_search.pipeline import EmbedReport, embed_products, sync_gallery_rows
+from visual_search.queries import Neighbour, nearest_products
+from visual_search.spaces import ensure_current_space, get_current_space
+
+logger = logging.getLogger(__name__)
+
+# Query images used for a product with a large gallery: its first ones (the main image first).
+MAX_QUERY_IMAGES = 8
+
+
+class ProductNotEmbedded(VisualSearchError):
+    """The product has no ready embedding in the current space (yet, or any more)."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    product: models.Model
+    score: float
+    image_key: str
+
+
+def _check_k(k: int) -> int:
+    max_k = int(vs_settings.QUERY["MAX_K"])
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
+        raise ValueError(f"k must be an integer from 1 to {max_k}, not {k!r}.")
+    return k
+
+
+def _resolve_product(product_or_pk: Any) -> models.Model:
+    model = get_product_model()
+    if isinstance(product_or_pk, model):
+        return product_or_pk
+    try:
+        return model._default_manager.get(pk=product_or_pk)
+    except (model.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise ProductNotFound(f"No {model._meta.verbose_name} with key {product_or_pk!r}.") from exc
+
+
+def _results(
+    neighbours: Sequence[Neighbour], queryset: models.QuerySet | None
+) -> list[SearchResult]:
+    base = queryset if queryset is not None else get_product_model()._default_manager.all()
+    products = base.in_bulk([n.product_pk for n in neighbours])
+    return [
+        SearchResult(products[n.product_pk], n.score, n.image_key)
+        for n in neighbours
+        if n.product_pk in products
+    ]
+
+
+def similar_products(
+    product: Any, *, k: int = 8, queryset: models.QuerySet | None = None
+) -> list[SearchResult]:
+    """Products that look like ``product`` (an instance or a primary key), itself excluded."""
+    _check_k(k)
+    product = _resolve_product(product)
+    space = get_current_space()
+    vectors = []
+    if space is not None and space.dimension is not None:
+        vectors = list(
+            ProductEmbedding.objects.filter(
+                product_id=product.pk, space=space, status=EmbeddingStatus.READY
+            )
+            .order_by("id")
+            .values_list("embedding", flat=True)[:MAX_QUERY_IMAGES]
+        )
+    if not vectors:
+        raise ProductNotEmbedded(
+            f"Product {product.pk} has no ready embedding in space "
+            f"{space.name if space else get_encoder().space!r} yet."
+        )
+    matrix = np.array(vectors, dtype=np.float32)
+    return _results(
+        nearest_products(matrix, space, k=k, queryset=queryset, exclude_pk=product.pk), queryset
+    )
+
+
+def search_by_image(
+    image: ImageSource,
+    *,
+    k: int = 10,
+    queryset: models.QuerySet | None = None,
+    box: Box | None = None,
+) -> list[SearchResult]:
+    """Products that look like a picture (uploaded file, bytes, path or PIL image).
+
+    Raises UnusableImage for a picture that cannot be used.
+    """
+    _check_k(k)
+    picture = load_image(image, box=box)
+    encoder = get_encoder()
+    vector = encoder.encode([picture])
+    space = ensure_current_space(encoder, with_dimension=True)
+    return _results(nearest_products(vector, space, k=k, queryset=queryset), queryset)
+
+
+def embed_product(product_or_pk: Any, *, force: bool = False) -> EmbedReport:
+    """Embed one product's gallery now, in this process (the Celery task calls this)."""
+    product = _resolve_product(product_or_pk)
+    return embed_products([product], force=force)
+
+
+def embed_many(pks: Iterable[Any], *, force: bool = False) -> EmbedReport:
+    """Embed several products in shared encoder batches; unknown keys are reported, not raised."""
+    return embed_products(list(pks), force=force)
+
+
+def mark_pending(product_or_pk: Any) -> None:
+    """Record the product's new gallery images as pending rows and drop rows of removed ones.
+
+    Cheap (names only, no file reads): it runs on every save, before the task is queued, so a
+    product whose task never runs is still visible as pending.
+    """
+    product = _resolve_product(product_or_pk)
+    space = ensure_current_space(with_dimension=False)
+    sync_gallery_rows(product, space)
+
+
+def schedule_embedding(pks: Sequence[Any], *, force: bool = False) -> bool:
+    """Queue the embedding task for these products; False (logged) when the broker is down."""
+    if not pks:
+        return True
+    from visual_search.tasks import enqueue_embedding  # Celery is imported only when used
+
+    try:
+        enqueue_embedding([str(pk) for pk in pks], force=force)
+    except Exception:
+        logger.exception(
+            "Could not queue embedding of products %s; they stay pending until a reindex.",
+            list(pks)[:20],
+        )
+        return False
+    return True
+
+
+def products_to_reindex(which: str = "missing") -> models.QuerySet:
+    """Product keys needing work: "missing" (no row or pending), "failed", "stale" or "all".
+
+    "stale" means rows written by a different encoder configuration than the current one
+    (another space); content changes are caught by the content hash when products embed.
+    """
+    model = get_product_model()
+    space_name = get_encoder().space
+    products = model._default_manager.all()
+    rows = ProductEmbedding.objects.filter(space_id=space_name)
+    in_space = Q(pk__in=rows.values("product_id"))
+
+    def status_in(*statuses: str) -> Q:
+        return Q(pk__in=rows.filter(status__in=statuses).values("product_id"))
+
+    if which == "all":
+        return products.values_list("pk", flat=True)
+    if which == "failed":
+        return products.filter(status_in(EmbeddingStatus.FAILED)).values_list("pk", flat=True)
+    if which == "stale":
+        other = Q(pk__in=ProductEmbedding.objects.exclude(space_id=space_name).values("product_id"))
+        return products.filter(other & ~in_space).values_list("pk", flat=True)
+    if which == "missing":
+        return products.filter(~in_space | status_in(EmbeddingStatus.PENDING)).values_list(
+            "pk", flat=True
+        )
+    raise ValueError(f"Unknown reindex selection {which!r}: missing, failed, stale or all.")
+
+
+def reindex(which: str = "missing", *, inline: bool = False, chunk_size: int = 32) -> int:
+    """Embed (inline) or queue (Celery, in chunks) the selected products; returns how many."""
+    pks = list(products_to_reindex(which))
+    force = which in ("failed", "all")
+    for start in range(0, len(pks), chunk_size):
+        chunk = pks[start : start + chunk_size]
+        if inline:
+            embed_many(chunk, force=force)
+        elif not schedule_embedding(chunk, force=force):
+            raise VisualSearchError("The task broker is unreachable; nothing more was queued.")
+    return len(pks)
+
+
+def status_counts() -> dict[str, dict[str, int]]:
+    """Rows per space and status, e.g. {"space": {"ready": 80, "failed": 1, "pending": 0}}."""
+    counts: dict[str, dict[str, int]] = {}
+    rows = ProductEmbedding.objects.values("space_id", "status").annotate(n=Count("id"))
+    for space in EmbeddingSpace.objects.values_list("name", flat=True):
+        counts[space] = {status: 0 for status in EmbeddingStatus.values}
+    for row in rows:
+        counts.setdefault(row["space_id"], {s: 0 for s in EmbeddingStatus.values})
+        counts[row["space_id"]][row["status"]] = row["n"]
+    return counts
+
+
+__all__ = [
+    "ProductNotEmbedded",
+    "SearchResult",
+    "embed_many",
+    "embed_product",
+    "mark_pending",
+    "products_to_reindex",
+    "reindex",
+    "schedule_embedding",
+    "search_by_image",
+    "similar_products",
+    "status_counts",
+]

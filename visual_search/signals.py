@@ -1,0 +1,82 @@
+"""Re-embed products after their saves commit; never let that fail or slow down a save."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from django.apps import apps
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+
+from visual_search.conf import vs_settings
+from visual_search.exceptions import ProductNotFound
+from visual_search.models_registry import get_product_model
+
+logger = logging.getLogger(__name__)
+
+_pending = threading.local()
+
+
+def request_embedding(product_pk: Any) -> None:
+    """Queue the product once per transaction, after it commits."""
+    if product_pk is None or not vs_settings.AUTO_EMBED:
+        return
+    pks = getattr(_pending, "pks", None)
+    if pks is None:
+        pks = _pending.pks = {}
+    pks[product_pk] = None
+    transaction.on_commit(_flush, robust=True)
+
+
+def _flush() -> None:
+    from visual_search import services
+
+    pks = list(getattr(_pending, "pks", {}) or {})
+    _pending.pks = {}
+    queued = []
+    for pk in pks:
+        try:
+            services.mark_pending(pk)
+        except ProductNotFound:
+            continue  # deleted (or rolled back) before the commit: its rows are gone with it
+        except Exception:
+            logger.exception("Could not record pending embeddings of product %s", pk)
+        queued.append(pk)
+    services.schedule_embedding(queued)
+
+
+def _product_saved(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
+    if not raw:  # fixtures (loaddata) are reindexed explicitly
+        request_embedding(instance.pk)
+
+
+def _image_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
+    if raw:
+        return
+    path = vs_settings.IMAGE_MODELS.get(sender._meta.label) or vs_settings.IMAGE_MODELS.get(
+        sender._meta.label_lower
+    )
+    if path:
+        request_embedding(_follow(instance, path))
+
+
+def _follow(instance: Any, path: str) -> Any:
+    """The product key at the end of an attribute path like "product" or "variant__product"."""
+    *hops, last = path.split("__")
+    for hop in hops:
+        instance = getattr(instance, hop, None)
+        if instance is None:
+            return None
+    return getattr(instance, f"{last}_id", None) or getattr(getattr(instance, last, None), "pk", None)
+
+
+def connect() -> None:
+    product_model = get_product_model()
+    post_save.connect(_product_saved, sender=product_model, dispatch_uid="visual_search_product")
+    for label in vs_settings.IMAGE_MODELS:
+        model = apps.get_model(label)
+        uid = f"visual_search_images_{model._meta.label_lower}"
+        post_save.connect(_image_changed, sender=model, dispatch_uid=uid + "_save")
+        post_delete.connect(_image_changed, sender=model, dispatch_uid=uid + "_delete")

@@ -1,0 +1,59 @@
+"""Celery tasks; the only module that imports Celery. Tasks take primary keys only (JSON)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from visual_search.conf import vs_settings
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    bind=True,
+    name="visual_search.embed_products",
+    acks_late=True,  # safe: the work is idempotent, and a worker lost mid-task is redone
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def embed_products_task(self: Any, pks: list[str], force: bool = False) -> dict[str, int]:
+    from visual_search import services
+    from visual_search.pipeline import mark_products_failed
+
+    max_retries = int(vs_settings.CELERY["MAX_RETRIES"])
+    try:
+        report = services.embed_many(pks, force=force)
+    except Exception as exc:
+        if self.request.retries >= max_retries:
+            mark_products_failed(pks, f"Gave up after {max_retries + 1} attempts: {exc!r}")
+            logger.exception("Embedding of products %s failed for good", pks[:20])
+            raise
+        countdown = min(600, 2 ** (self.request.retries + 1))
+        raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
+    return {"embedded": report.embedded, "skipped": report.skipped, "failed": len(report.failed)}
+
+
+@shared_task(name="visual_search.reindex", acks_late=True, ignore_result=True)
+def reindex_task(which: str = "missing") -> int:
+    from visual_search import services
+
+    return services.reindex(which)
+
+
+def enqueue_embedding(pks: list[str], *, force: bool = False) -> None:
+    """Send the task, waiting for the broker at most CELERY.ENQUEUE_TIMEOUT seconds."""
+    options: dict[str, Any] = {
+        "retry": True,
+        "retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "timeout": float(vs_settings.CELERY["ENQUEUE_TIMEOUT"]),
+        },
+    }
+    if vs_settings.CELERY["QUEUE"]:
+        options["queue"] = vs_settings.CELERY["QUEUE"]
+    embed_products_task.apply_async(args=[pks], kwargs={"force": force}, **options)
