@@ -55,9 +55,7 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": embedded.database_config(embedded.database_url(DATA_DIR), CONN_MAX_AGE=60)
-}
+DATABASES = {"default": embedded.database_config(embedded.database_url(DATA_DIR), CONN_MAX_AGE=60)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CELERY_BROKER_URL = embedded.broker_url(DATA_DIR)

@@ -19,6 +19,7 @@ from django.db import connections
 from visual_search.conf import vs_settings
 
 ITERATIVE_SCANS = ("off", "relaxed_order", "strict_order")
+PGVECTOR_EXTENSION = "vector"
 
 
 def _error(msg: str, id: str, hint: str | None = None) -> checks.Error:
@@ -116,9 +117,7 @@ def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     errors = []
     query, hnsw = vs_settings.QUERY, vs_settings.HNSW
     if query.get("ITERATIVE_SCAN") not in ITERATIVE_SCANS:
-        errors.append(
-            _error(f"QUERY ITERATIVE_SCAN must be one of {ITERATIVE_SCANS}.", "E009")
-        )
+        errors.append(_error(f"QUERY ITERATIVE_SCAN must be one of {ITERATIVE_SCANS}.", "E009"))
     for group, name, key in (
         ("QUERY", query, "EF_SEARCH"),
         ("QUERY", query, "MAX_K"),
@@ -128,7 +127,9 @@ def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     ):
         value = name.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            errors.append(_error(f"{group} {key} must be a positive integer, not {value!r}.", "E009"))
+            errors.append(
+                _error(f"{group} {key} must be a positive integer, not {value!r}.", "E009")
+            )
     return errors
 
 
@@ -139,7 +140,10 @@ def check_pgvector(databases: Any = None, **kwargs: Any) -> list[checks.CheckMes
     if connection.vendor != "postgresql":
         return []
     with connection.cursor() as cursor:
-        cursor.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+        cursor.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = %s",
+            [PGVECTOR_EXTENSION],
+        )
         row = cursor.fetchone()
     if row is None:
         return [

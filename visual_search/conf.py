@@ -64,8 +64,6 @@ DEFAULTS: dict[str, Any] = {
     "CELERY": {
         # Queue for embedding tasks (give them their own workers); None: Celery's default.
         "QUEUE": None,
-        # Seconds to wait for the broker when a save enqueues a task; a save never waits longer.
-        "ENQUEUE_TIMEOUT": 2.0,
         "MAX_RETRIES": 5,
     },
 }

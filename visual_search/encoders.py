@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,7 +118,9 @@ def _match_state_dict(state: dict[str, Any], target: dict[str, Any], path: Path)
             f"{path} has {len(state)} tensors, the model expects {len(target)}."
         )
     mapped = {}
-    for (name, tensor), (target_name, target_tensor) in zip(state.items(), target.items()):
+    for (name, tensor), (target_name, target_tensor) in zip(
+        state.items(), target.items(), strict=True
+    ):
         if tuple(tensor.shape) != tuple(target_tensor.shape):
             raise EncoderUnavailable(
                 f"{path}: tensor {name} {tuple(tensor.shape)} does not fit "
@@ -192,11 +195,12 @@ class TimmEncoder:
             if self.runtime == "onnx":
                 self._session = self._onnx_session(model, size)
             self._model = model
-            logger.info("Loaded encoder %s (%s, %d dims)", self.space, self.runtime, self._dimension)
+            logger.info(
+                "Loaded encoder %s (%s, %d dims)", self.space, self.runtime, self._dimension
+            )
 
     def _onnx_session(self, model: Any, input_size: tuple[int, ...]) -> Any:
         import onnxruntime as ort
-        import torch
 
         digest = hashlib.sha256(f"{self.space}|{self.weights}|{input_size}".encode()).hexdigest()
         path = self.cache_dir / f"{self.model_name}-{digest[:16]}.onnx"
@@ -204,22 +208,30 @@ class TimmEncoder:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
             os.close(fd)
-            torch.onnx.export(
-                model,
-                torch.zeros(1, *input_size),
-                tmp,
-                input_names=["pixels"],
-                output_names=["embedding"],
-                dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
-                dynamo=False,
-                opset_version=17,
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is
+                self._export_onnx(model, input_size, tmp)  # the one that needs no onnxscript
             os.replace(tmp, path)  # atomic: concurrent workers never read half a file
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _export_onnx(model: Any, input_size: tuple[int, ...], path: str) -> None:
+        import torch
+
+        torch.onnx.export(
+            model,
+            torch.zeros(1, *input_size),
+            path,
+            input_names=["pixels"],
+            output_names=["embedding"],
+            dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+            dynamo=False,
+            opset_version=17,
+        )
 
     def preprocess(self, images: Sequence[Image.Image]) -> Any:
         import torch

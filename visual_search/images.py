@@ -7,14 +7,14 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visual_search.conf import vs_settings
 from visual_search.exceptions import UnusableImage
 
-ImageSource = Union[bytes, str, os.PathLike, IO[bytes], Image.Image]
+ImageSource = bytes | str | os.PathLike | IO[bytes] | Image.Image
 Box = Sequence[float]
 
 # Decode large JPEGs at a reduced scale (Image.draft): at least this many pixels on the
@@ -78,7 +78,8 @@ def load_image(source: ImageSource, *, box: Box | None = None) -> Image.Image:
 
 
 def _decode(data: bytes) -> tuple[Image.Image, float]:
-    formats = [f.upper() for f in vs_settings.IMAGE["FORMATS"]]
+    Image.init()  # register every plugin, so that the allowlist below can name any of them
+    formats = [f.upper() for f in vs_settings.IMAGE["FORMATS"] if f.upper() in Image.OPEN]
     try:
         with warnings.catch_warnings():
             # Keep Pillow's decompression-bomb limit, and treat its warning zone as an error.
@@ -96,7 +97,7 @@ def _decode(data: bytes) -> tuple[Image.Image, float]:
         raise UnusableImage(
             "The file is not an image in an accepted format (" + ", ".join(formats) + ")."
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UnusableImage(f"The image is corrupt or truncated: {exc}") from exc
     return image, image.width / full_size[0]
 
@@ -143,4 +144,3 @@ def _scaled_box(box: Box, size: tuple[int, int], scale: float) -> tuple[int, int
             f"The crop box {tuple(box)} is empty or outside the image ({width}x{height} px)."
         )
     return round(left), round(top), round(right), round(bottom)
-

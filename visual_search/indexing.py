@@ -8,16 +8,19 @@ expression index ``USING hnsw ((embedding::halfvec(N)) halfvec_cosine_ops) WHERE
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 
 from visual_search.conf import vs_settings
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 
 TABLE = ProductEmbedding._meta.db_table
+
+logger = logging.getLogger(__name__)
 
 
 def index_name(space: str) -> str:
@@ -36,7 +39,9 @@ def _quote_literal(value: str) -> str:
 def index_predicate(space: str) -> str:
     # Literal, not a parameter: a partial index is only used when the query's predicate
     # provably implies it, which the planner checks on constants.
-    return f"space_id = {_quote_literal(space)} AND status = {_quote_literal(EmbeddingStatus.READY)}"
+    return (
+        f"space_id = {_quote_literal(space)} AND status = {_quote_literal(EmbeddingStatus.READY)}"
+    )
 
 
 @dataclass
@@ -73,14 +78,28 @@ def ensure_index(space: EmbeddingSpace, *, rebuild: bool = False) -> float:
     state = index_state(space.name)
     if state.exists and state.valid and not rebuild:
         return 0.0
+    if connection.in_atomic_block:
+        # Inside a caller's transaction: no CONCURRENTLY, and a failure (e.g. pending
+        # deferred-constraint triggers) must not break the caller's work.
+        try:
+            with transaction.atomic():
+                return _build(space, state, concurrently="")
+        except DatabaseError as exc:
+            logger.warning("HNSW index for %s not built inside a transaction: %s", space.name, exc)
+            return 0.0
+    return _build(space, state, concurrently="CONCURRENTLY")
+
+
+def _build(space: EmbeddingSpace, state: IndexState, *, concurrently: str) -> float:
     hnsw = vs_settings.HNSW
-    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
     started = time.monotonic()
     with connection.cursor() as cursor:
         if state.exists:
             cursor.execute(f'DROP INDEX {concurrently} IF EXISTS "{state.name}"')
-        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)",
-                       [str(hnsw["MAINTENANCE_WORK_MEM"])])
+        cursor.execute(
+            "SELECT set_config('maintenance_work_mem', %s, false)",
+            [str(hnsw["MAINTENANCE_WORK_MEM"])],
+        )
         cursor.execute(
             f'CREATE INDEX {concurrently} IF NOT EXISTS "{state.name}" ON {TABLE} '
             f"USING hnsw ({vector_expression(space.dimension)} halfvec_cosine_ops) "

@@ -54,7 +54,9 @@ class _Work:
     picture: Image.Image | None = None
 
 
-def sync_gallery_rows(product: models.Model, space: EmbeddingSpace) -> tuple[list[GalleryImage], int]:
+def sync_gallery_rows(
+    product: models.Model, space: EmbeddingSpace
+) -> tuple[list[GalleryImage], int]:
     """Make the space's rows match the gallery's keys: new keys pending, gone keys deleted."""
     gallery = product_images(product)
     keys = [image.key for image in gallery]
@@ -91,15 +93,20 @@ def embed_products(products_or_pks: Iterable[Any], *, force: bool = False) -> Em
             try:
                 data = read_bytes(image.source)
             except UnusableImage as exc:
-                _record_failure(space, item, str(exc), report)
-                continue
-            item.content_hash = hashlib.sha256(data).hexdigest()
+                data, read_error = None, str(exc)
+                # Unreadable (empty, too large, missing): the error stands in for the content,
+                # so the same failure is not retried on every save.
+                item.content_hash = hashlib.sha256(f"unreadable:{exc}".encode()).hexdigest()
+            else:
+                item.content_hash = hashlib.sha256(data).hexdigest()
             row = known.get(image.key)
             unchanged = row is not None and row.content_hash == item.content_hash
             if unchanged and not force and row.status != EmbeddingStatus.PENDING:
                 report.skipped += 1
                 continue
             try:
+                if data is None:
+                    raise UnusableImage(read_error)
                 item.picture = load_image(data)
             except UnusableImage as exc:
                 _record_failure(space, item, str(exc), report)
@@ -143,7 +150,7 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
             status=EmbeddingStatus.READY,
             error="",
         )
-        for item, vector in zip(batch, vectors)
+        for item, vector in zip(batch, vectors, strict=True)
     ]
     _upsert(rows, ["content_hash", "embedding", "status", "error", "updated_at"])
 

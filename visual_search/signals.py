@@ -69,7 +69,9 @@ def _follow(instance: Any, path: str) -> Any:
         instance = getattr(instance, hop, None)
         if instance is None:
             return None
-    return getattr(instance, f"{last}_id", None) or getattr(getattr(instance, last, None), "pk", None)
+    return getattr(instance, f"{last}_id", None) or getattr(
+        getattr(instance, last, None), "pk", None
+    )
 
 
 def connect() -> None:

@@ -44,14 +44,17 @@ def reindex_task(which: str = "missing") -> int:
 
 
 def enqueue_embedding(pks: list[str], *, force: bool = False) -> None:
-    """Send the task, waiting for the broker at most CELERY.ENQUEUE_TIMEOUT seconds."""
+    """Send the task, retrying the broker once: a save must never hang on a dead broker.
+
+    How long one connection attempt may take is Celery's ``broker_connection_timeout``.
+    """
     options: dict[str, Any] = {
         "retry": True,
         "retry_policy": {
             "max_retries": 1,
             "interval_start": 0,
             "interval_step": 0.2,
-            "timeout": float(vs_settings.CELERY["ENQUEUE_TIMEOUT"]),
+            "interval_max": 0.2,
         },
     }
     if vs_settings.CELERY["QUEUE"]:

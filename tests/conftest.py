@@ -1,0 +1,178 @@
+"""Fixtures: real photos, products of whichever model the settings name, a real Celery worker."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from django.core.files.base import ContentFile
+from django.db import connection
+
+from visual_search.models_registry import get_product_model
+
+REPO = Path(__file__).resolve().parent.parent
+GROCERY = Path(
+    os.environ.get("VISUAL_SEARCH_GROCERY_DIR", REPO.parent / "shared" / "data" / "grocery")
+)
+
+
+def grocery_photos(split: str, fine_class: str) -> list[Path]:
+    """In-store photos of one product class, from the split's listing, in order."""
+    listing = GROCERY / f"{split}.txt"
+    if not listing.exists():
+        raise FileNotFoundError(
+            f"{listing} is missing: set VISUAL_SEARCH_GROCERY_DIR to the grocery data folder."
+        )
+    photos = []
+    for line in listing.read_text().splitlines():
+        path = line.split(",")[0].strip()
+        if f"/{fine_class}/" in path:
+            photos.append(GROCERY / path)
+    assert photos, f"no {split} photos of {fine_class}"
+    return photos
+
+
+@pytest.fixture
+def photos() -> Callable[[str, str], list[Path]]:
+    return grocery_photos
+
+
+ProductFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def make_product(db: None) -> ProductFactory:
+    """Create a product of the configured model with a main photo (and gallery photos)."""
+    model = get_product_model()
+
+    def make(
+        name: str, photo: Path | bytes | None, *, gallery: list[Path] = (), **fields: Any
+    ) -> Any:
+        content = photo.read_bytes() if isinstance(photo, Path) else photo
+        filename = f"{name.lower().replace(' ', '-')}.jpg"
+        if model._meta.label == "thirdparty.Product":
+            product = model(title=name, **fields)
+            if content is not None:
+                product.photo.save(filename, ContentFile(content), save=False)
+            product.save()
+            return product
+        from shop_demo.catalog.models import Category, ProductImage
+
+        category = fields.pop("category", None)
+        if isinstance(category, str):
+            category, _ = Category.objects.get_or_create(name=category, slug=category.lower())
+        product = model(
+            name=name, slug=f"{filename[:-4]}-{model.objects.count()}", category=category, **fields
+        )
+        if content is not None:
+            product.image.save(filename, ContentFile(content), save=False)
+        product.save()
+        for index, extra in enumerate(gallery):
+            image = ProductImage(product=product, position=index)
+            image.image.save(f"{filename[:-4]}-{index}.jpg", ContentFile(extra.read_bytes()))
+        return product
+
+    return make
+
+
+def _database_url() -> str:
+    settings = connection.settings_dict
+    auth = quote(settings["USER"] or "")
+    if settings["PASSWORD"]:
+        auth += ":" + quote(settings["PASSWORD"])
+    host = settings["HOST"] or ""
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{settings['NAME']}?host={quote(host)}"
+    port = f":{settings['PORT']}" if settings["PORT"] else ""
+    return f"postgresql://{auth}@{host}{port}/{settings['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any
+) -> Iterator[Path]:
+    """A real `celery worker` process (prefork, one child) on the test database and Redis."""
+    from django.conf import settings
+
+    with django_db_blocker.unblock():
+        url = _database_url()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "VISUAL_SEARCH_TEST_MEDIA": str(settings.MEDIA_ROOT),
+    }
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "shop_demo",
+                "worker",
+                "--concurrency=1",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--hostname=vs-test@%h",
+                "--purge",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while b" ready." not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("The Celery worker did not start:\n" + log.read_text()[-4000:])
+        time.sleep(0.2)
+    yield log
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 120,
+    what: str = "condition",
+    log: Path | None = None,
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    detail = "\n" + log.read_text()[-4000:] if log else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+
+
+def jpeg_bytes(
+    size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30), **save: Any
+) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "JPEG", **save)
+    return buffer.getvalue()

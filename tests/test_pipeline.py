@@ -1,0 +1,101 @@
+"""embed_product: rows per gallery image, hash-based skipping, failures recorded, deletes cascade."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+
+from tests.conftest import jpeg_bytes
+from visual_search import services
+from visual_search.models import EmbeddingStatus, ProductEmbedding
+from visual_search.models_registry import get_product_model
+
+pytestmark = [pytest.mark.django_db, pytest.mark.products]
+
+
+def rows(product):
+    return list(ProductEmbedding.objects.filter(product_id=product.pk).order_by("image_key"))
+
+
+def test_embed_product_stores_one_ready_unit_vector_per_image(make_product, photos):
+    banana = photos("train", "Banana")
+    product = make_product("Banana", banana[0], gallery=banana[3:5])
+    report = services.embed_product(product.pk)
+    stored = rows(product)
+    expected = 1 if get_product_model()._meta.label == "thirdparty.Product" else 3
+    assert report.embedded == expected and len(stored) == expected
+    for row in stored:
+        assert row.status == EmbeddingStatus.READY and row.error == ""
+        assert len(row.content_hash) == 64
+        vector = np.asarray(row.embedding, dtype=np.float32)
+        assert vector.shape == (1280,) and abs(float(vector @ vector) - 1) < 0.01
+
+
+def test_unchanged_images_are_skipped_and_changed_ones_redone(make_product, photos):
+    kiwi, lemon = photos("train", "Kiwi"), photos("train", "Lemon")
+    product = make_product("Kiwi", kiwi[0])
+    services.embed_product(product)
+    first = rows(product)[0]
+    again = services.embed_product(product)
+    assert again.embedded == 0 and again.skipped == 1
+    assert rows(product)[0].updated_at == first.updated_at
+
+    field = "photo" if hasattr(product, "photo") else "image"
+    getattr(product, field).save("kiwi.jpg", ContentFile(lemon[0].read_bytes()))
+    report = services.embed_product(product)
+    assert report.embedded == 1
+    (row,) = rows(product)
+    assert row.content_hash != first.content_hash and row.status == EmbeddingStatus.READY
+
+
+def test_unknown_product_is_a_clear_error(db):
+    with pytest.raises(services.ProductNotFound):
+        services.embed_product("12345678-1234-1234-1234-123456789012")
+    with pytest.raises(services.ProductNotFound):
+        services.embed_product(987654321)
+    assert services.embed_many([987654321]).missing_products == [987654321]
+
+
+@pytest.mark.parametrize(
+    "content,error",
+    [
+        (jpeg_bytes((400, 300))[:900], "corrupt or truncated"),
+        (b"just some text, not a JPEG", "not an image"),
+        (b"", "empty"),
+    ],
+    ids=["truncated", "text", "empty"],
+)
+def test_bad_image_is_recorded_as_failed_and_not_retried(make_product, content, error):
+    product = make_product("Broken", content)
+    report = services.embed_product(product)
+    assert report.embedded == 0 and len(report.failed) == 1
+    (row,) = rows(product)
+    assert row.status == EmbeddingStatus.FAILED and error in row.error and row.attempts == 1
+    assert row.embedding is None
+    # Same bytes again: skipped, not retried forever.
+    assert services.embed_product(product).skipped == 1
+    assert rows(product)[0].attempts == 1
+    # A forced retry (reindex --failed) tries again and records it again.
+    services.embed_product(product, force=True)
+    assert rows(product)[0].attempts == 2
+
+
+def test_deleting_the_product_removes_its_embeddings(make_product, photos):
+    product = make_product("Lemon", photos("train", "Lemon")[0])
+    services.embed_product(product)
+    assert rows(product)
+    pk = product.pk
+    product.delete()
+    assert not ProductEmbedding.objects.filter(product_id=pk).exists()
+
+
+def test_status_counts(make_product, photos):
+    make_product("Broken", b"nope")
+    good = make_product("Kiwi", photos("train", "Kiwi")[0])
+    services.embed_many([p.pk for p in get_product_model().objects.all()])
+    counts = services.status_counts()[services.get_encoder().space]
+    assert counts == {"pending": 0, "ready": 1, "failed": 1}
+    assert good.pk in list(services.products_to_reindex("all"))
+    assert list(services.products_to_reindex("missing")) == []
+    assert len(list(services.products_to_reindex("failed"))) == 1

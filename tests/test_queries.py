@@ -1,0 +1,149 @@
+"""similar_products / search_by_image: one result per product, filters, the HNSW index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from visual_search import services
+from visual_search.encoders import get_encoder
+from visual_search.indexing import ensure_index, index_name
+from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search.models_registry import get_product_model
+from visual_search.queries import nearest_products
+
+pytestmark = [pytest.mark.django_db, pytest.mark.products]
+
+
+@pytest.fixture
+def catalogue(make_product, photos):
+    """Four real products, each with a train photo; embedded synchronously."""
+    made = {
+        name: make_product(name, photos("train", name)[0])
+        for name in ("Banana", "Kiwi", "Lemon", "Arla-Standard-Milk")
+    }
+    services.embed_many([p.pk for p in made.values()])
+    return made
+
+
+def test_search_by_image_finds_the_product_of_an_unseen_photo(catalogue, photos):
+    for name in ("Banana", "Arla-Standard-Milk"):
+        query = photos("val", name)[0]
+        results = services.search_by_image(query, k=3)
+        assert results[0].product.pk == catalogue[name].pk
+        assert len(results) == 3
+        assert results[0].score > results[1].score >= results[2].score
+        assert -1.0 <= results[2].score <= 1.0
+
+
+def test_search_accepts_bytes_paths_files_and_pil_images(catalogue, photos):
+    from visual_search.images import load_image
+
+    path = photos("val", "Kiwi")[0]
+    with open(path, "rb") as handle:
+        sources = [path, str(path), path.read_bytes(), handle, load_image(path)]
+        pks = {services.search_by_image(source, k=1)[0].product.pk for source in sources}
+    assert pks == {catalogue["Kiwi"].pk}
+
+
+def test_similar_products_excludes_the_product_and_respects_the_queryset(catalogue):
+    banana = catalogue["Banana"]
+    results = services.similar_products(banana, k=10)
+    pks = [r.product.pk for r in results]
+    assert banana.pk not in pks and len(pks) == 3 and len(set(pks)) == 3
+    only = get_product_model().objects.filter(pk=catalogue["Lemon"].pk)
+    (result,) = services.similar_products(banana.pk, k=10, queryset=only)
+    assert result.product.pk == catalogue["Lemon"].pk
+    assert result.image_key
+
+
+def test_errors(catalogue, make_product):
+    with pytest.raises(ValueError, match="k must be"):
+        services.similar_products(catalogue["Kiwi"], k=0)
+    with pytest.raises(ValueError, match="k must be"):
+        services.search_by_image(b"x", k=10_000)
+    with pytest.raises(services.ProductNotFound):
+        services.similar_products("not-a-key")
+    fresh = make_product("No photo yet", None)
+    with pytest.raises(services.ProductNotEmbedded, match="no ready embedding"):
+        services.similar_products(fresh)
+
+
+# -- several thousand products with synthetic, clustered vectors ---------------------------
+
+N_PRODUCTS, N_CLUSTERS, DIM = 4000, 200, 1280
+
+
+@pytest.fixture
+def synthetic(db):
+    model = get_product_model()
+    if model._meta.label == "thirdparty.Product":
+        model.objects.bulk_create(model(title=f"p{i}") for i in range(N_PRODUCTS))
+    else:
+        model.objects.bulk_create(model(name=f"p{i}", slug=f"p{i}") for i in range(N_PRODUCTS))
+    pks = list(model.objects.order_by("pk").values_list("pk", flat=True))
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(N_CLUSTERS, DIM))
+    vectors = centres[rng.integers(0, N_CLUSTERS, N_PRODUCTS)] + 0.6 * rng.normal(
+        size=(N_PRODUCTS, DIM)
+    )
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    space = EmbeddingSpace.objects.create(name=get_encoder().space, dimension=DIM)
+    ProductEmbedding.objects.bulk_create(
+        [
+            ProductEmbedding(
+                product_id=pk,
+                space=space,
+                image_key="main",
+                embedding=v.tolist(),
+                status=EmbeddingStatus.READY,
+                content_hash="x",
+            )
+            for pk, v in zip(pks, vectors, strict=True)
+        ],
+        batch_size=500,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # CREATE INDEX refuses pending triggers
+    ensure_index(space)
+    return space, pks, vectors.astype(np.float32), centres, rng
+
+
+def exact_top(vectors, pks, allowed, query, k):
+    scores = vectors @ query
+    order = [i for i in np.argsort(-scores) if pks[i] in allowed]
+    return [pks[i] for i in order[:k]]
+
+
+@pytest.mark.parametrize("force_index", [False, True], ids=["planner", "hnsw"])
+def test_selective_filter_still_returns_k_exact_results(synthetic, force_index):
+    space, pks, vectors, centres, rng = synthetic
+    if force_index:  # make the planner take the HNSW index, so iterative scans are exercised
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+    allowed = set(rng.choice(pks, size=N_PRODUCTS // 50, replace=False).tolist())  # 2 %
+    queryset = get_product_model().objects.filter(pk__in=allowed)
+    for trial in range(5):
+        query = centres[trial] + 0.6 * rng.normal(size=DIM)
+        query = (query / np.linalg.norm(query)).astype(np.float32)
+        found = [n.product_pk for n in nearest_products(query, space, k=10, queryset=queryset)]
+        expected = exact_top(vectors, pks, allowed, query, 10)
+        assert len(found) == 10
+        assert len(set(found) & set(expected)) >= 9, (found, expected)
+
+
+def test_queries_can_use_the_partial_hnsw_index(synthetic):
+    space, pks, vectors, centres, rng = synthetic
+    from visual_search.indexing import TABLE, index_predicate, vector_expression
+    from visual_search.queries import vector_literal
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(
+            f"EXPLAIN SELECT product_id FROM {TABLE} WHERE {index_predicate(space.name)} "
+            f"ORDER BY {vector_expression(DIM)} <=> %s::halfvec({DIM}) LIMIT 10",
+            [vector_literal(vectors[0])],
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert index_name(space.name) in plan, plan
