@@ -127,7 +127,9 @@ def test_selective_filter_still_returns_k_exact_results(synthetic, force_index):
     for trial in range(5):
         query = centres[trial] + 0.6 * rng.normal(size=DIM)
         query = (query / np.linalg.norm(query)).astype(np.float32)
-        found = [n.product_pk for n in nearest_products(query, space, k=10, queryset=queryset)]
+        found = [
+            n.product.pk for n in nearest_products(space, k=10, vectors=query, queryset=queryset)
+        ]
         expected = exact_top(vectors, pks, allowed, query, 10)
         assert len(found) == 10
         assert len(set(found) & set(expected)) >= 9, (found, expected)

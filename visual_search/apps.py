@@ -8,8 +8,21 @@ class VisualSearchConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+        from django.db.models.signals import post_delete
+
         from visual_search import checks, signals
+        from visual_search.models import EmbeddingSpace
+        from visual_search.queries import configure_session
+        from visual_search.spaces import forget_spaces
 
         checks.register()
+        connection_created.connect(configure_session, dispatch_uid="visual_search_hnsw")
+        post_delete.connect(
+            lambda **kwargs: forget_spaces(),
+            sender=EmbeddingSpace,
+            weak=False,
+            dispatch_uid="visual_search_forget_spaces",
+        )
         if not checks.product_model_errors():
             signals.connect()

@@ -1,8 +1,10 @@
-"""Nearest-neighbour SQL against the space's partial HNSW index.
+"""Nearest-neighbour SQL against the space's partial HNSW index: one statement per search.
 
 pgvector filters after the index scan, so a selective shop filter could leave fewer than k
-rows; each query sets ``hnsw.ef_search`` and ``hnsw.iterative_scan`` for its own transaction
-(``set_config(..., true)`` is SET LOCAL), and asks for more rows until it has k products.
+rows. ``hnsw.iterative_scan`` makes the scan go on until the filter is satisfied; it and
+``hnsw.ef_search`` are set for each query: on each new connection (``configure_session``,
+free per query), and with ``set_config(..., true)`` (SET LOCAL) in the query's own
+transaction when one query needs a wider beam than that default.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from django.db import connection, models, transaction
 
 from visual_search.conf import vs_settings
 from visual_search.indexing import TABLE, index_predicate, vector_expression
-from visual_search.models import EmbeddingSpace
+from visual_search.models import EmbeddingSpace, EmbeddingStatus
 
 # Rows fetched per wanted product on the first try: products often have several images.
 OVERFETCH = 4
 MAX_ROWS = 10_000
+# Query images used for a product with a large gallery: its first ones (the main image first).
+MAX_QUERY_IMAGES = 8
 
 
 @dataclass(frozen=True)
 class Neighbour:
-    product_pk: Any
+    product: models.Model
     image_key: str
     score: float
 
@@ -34,75 +38,107 @@ def vector_literal(vector: Iterable[float]) -> str:
     return "[" + ",".join(f"{float(v):.6g}" for v in vector) + "]"
 
 
+def session_settings() -> list[tuple[str, str]]:
+    query = vs_settings.QUERY
+    return [
+        ("hnsw.ef_search", str(int(query["EF_SEARCH"]))),
+        ("hnsw.iterative_scan", str(query["ITERATIVE_SCAN"])),
+        ("hnsw.max_scan_tuples", str(int(query["MAX_SCAN_TUPLES"]))),
+    ]
+
+
+def configure_session(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """connection_created receiver: every query on this connection gets the HNSW settings.
+
+    Behind a transaction-pooling proxy (PgBouncer), set them on the role instead:
+    ``ALTER ROLE shop SET hnsw.iterative_scan = relaxed_order``.
+    """
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in session_settings()),
+            [value for pair in session_settings() for value in pair],
+        )
+
+
 def nearest_products(
-    vectors: np.ndarray,
     space: EmbeddingSpace,
     *,
     k: int,
-    queryset: models.QuerySet | None = None,
-    exclude_pk: Any = None,
+    vectors: np.ndarray | None = None,
+    of_product: Any = None,
+    queryset: models.QuerySet,
+    ef_search: int | None = None,
 ) -> list[Neighbour]:
-    """The k products nearest to any of ``vectors``, each scored by its best image pair."""
-    best: dict[Any, Neighbour] = {}
-    with transaction.atomic(), connection.cursor() as cursor:
-        _configure_scan(cursor, k)
-        for vector in np.atleast_2d(vectors):
-            for found in _nearest_for_vector(cursor, vector, space, k, queryset, exclude_pk):
-                current = best.get(found.product_pk)
-                if current is None or found.score > current.score:
-                    best[found.product_pk] = found
-    return sorted(best.values(), key=lambda n: n.score, reverse=True)[:k]
+    """The k products of ``queryset`` nearest to ``vectors`` or to product ``of_product``'s
+    own ready vectors (itself excluded), each scored by its best (query, gallery) image pair.
+    """
+    dim = int(space.dimension)
+    expression = vector_expression(dim)
+    params: list[Any] = []
+    if of_product is not None:
+        queries = (
+            f"SELECT {expression} AS v FROM {TABLE} WHERE {index_predicate(space.name)} "
+            f"AND product_id = %s ORDER BY id LIMIT {MAX_QUERY_IMAGES}"
+        )
+        params.append(of_product)
+    else:
+        rows = np.atleast_2d(vectors)
+        queries = " UNION ALL ".join([f"SELECT %s::halfvec({dim}) AS v"] * len(rows))
+        params.extend(vector_literal(row) for row in rows)
 
-
-def _configure_scan(cursor: Any, k: int) -> None:
-    query = vs_settings.QUERY
-    cursor.execute(
-        "SELECT set_config('hnsw.ef_search', %s, true), "
-        "set_config('hnsw.iterative_scan', %s, true), "
-        "set_config('hnsw.max_scan_tuples', %s, true)",
-        [
-            str(max(int(query["EF_SEARCH"]), k * OVERFETCH)),
-            str(query["ITERATIVE_SCAN"]),
-            str(int(query["MAX_SCAN_TUPLES"])),
-        ],
-    )
-
-
-def _nearest_for_vector(
-    cursor: Any,
-    vector: np.ndarray,
-    space: EmbeddingSpace,
-    k: int,
-    queryset: models.QuerySet | None,
-    exclude_pk: Any,
-) -> list[Neighbour]:
-    literal = vector_literal(vector)
-    distance = f"{vector_expression(space.dimension)} <=> %s::halfvec({int(space.dimension)})"
     where = [index_predicate(space.name)]
     where_params: list[Any] = []
-    if exclude_pk is not None:
+    if of_product is not None:
         where.append("product_id <> %s")
-        where_params.append(exclude_pk)
-    if queryset is not None:
+        where_params.append(of_product)
+    if queryset.query.where:  # the shop's filter, as a subquery on its own table
         sub_sql, sub_params = queryset.order_by().values("pk").query.sql_with_params()
         where.append(f"product_id IN ({sub_sql})")
         where_params.extend(sub_params)
-    # MATERIALIZED + a final sort: relaxed_order iterative scans may return rows slightly out
-    # of order, so the outer query orders them exactly (pgvector's documented pattern). The
-    # window count (computed before DISTINCT ON) says whether the inner limit was reached.
+
+    model = queryset.model
+    product_table = connection.ops.quote_name(model._meta.db_table)
+    product_pk = connection.ops.quote_name(model._meta.pk.column)
+    # Per query vector, an index-ordered scan (LATERAL); a MATERIALIZED step and a final sort,
+    # because relaxed_order iterative scans may return rows slightly out of order; then the
+    # best pair per product, joined to the product rows in the same statement.
     sql = (
-        f"WITH nearest AS MATERIALIZED (SELECT product_id, image_key, {distance} AS distance "
-        f"FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY {distance} LIMIT %s) "
-        "SELECT DISTINCT ON (product_id) product_id, image_key, distance, count(*) OVER () "
-        "FROM nearest ORDER BY product_id, distance"
+        f"WITH q AS MATERIALIZED ({queries}), "
+        f"hits AS MATERIALIZED (SELECT e.product_id, e.image_key, e.distance FROM q CROSS JOIN "
+        f"LATERAL (SELECT product_id, image_key, {expression} <=> q.v AS distance FROM {TABLE} "
+        f"WHERE {' AND '.join(where)} ORDER BY {expression} <=> q.v LIMIT %s) e), "
+        "best AS (SELECT DISTINCT ON (product_id) product_id, image_key, distance FROM hits "
+        "ORDER BY product_id, distance) "
+        f"SELECT p.*, best.image_key AS vs_image_key, 1 - best.distance AS vs_score, "
+        f"(SELECT count(*) FROM hits) AS vs_hits, (SELECT count(*) FROM q) AS vs_queries "
+        f"FROM best JOIN {product_table} p ON p.{product_pk} = best.product_id "
+        "ORDER BY best.distance LIMIT %s"
     )
     limit = k * OVERFETCH
+    beam = max(int(vs_settings.QUERY["EF_SEARCH"]), ef_search or 0)
     while True:
-        cursor.execute(sql, [literal, *where_params, literal, limit])
-        rows = cursor.fetchall()
-        exhausted = not rows or rows[0][3] < limit
-        if len(rows) >= k or exhausted or limit >= MAX_ROWS:
+        found = _run(model, sql, [*params, *where_params, limit, k], beam, ef_search)
+        fetched = found[0].vs_hits / max(1, found[0].vs_queries) if found else 0
+        if len(found) >= k or fetched < limit or limit >= MAX_ROWS:
             break
-        limit = min(limit * 4, MAX_ROWS)
-    rows.sort(key=lambda row: row[2])
-    return [Neighbour(pk, key, 1.0 - float(dist)) for pk, key, dist, _ in rows[:k]]
+        limit = min(limit * 4, MAX_ROWS)  # products with many images crowded the first rows
+    return [Neighbour(p, p.vs_image_key, float(p.vs_score)) for p in found]
+
+
+def _run(
+    model: type[models.Model], sql: str, params: list[Any], beam: int, ef_search: int | None
+) -> list[models.Model]:
+    if ef_search is None:
+        return list(model._default_manager.raw(sql, params))
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(beam)])
+        return list(model._default_manager.raw(sql, params))
+
+
+def has_ready_embedding(space: EmbeddingSpace | None, product_pk: Any) -> bool:
+    if space is None:
+        return False
+    return space.embeddings.filter(product_id=product_pk, status=EmbeddingStatus.READY).exists()

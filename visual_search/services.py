@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
@@ -23,13 +22,10 @@ from visual_search.images import Box, ImageSource, load_image
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 from visual_search.pipeline import EmbedReport, embed_products, sync_gallery_rows
-from visual_search.queries import Neighbour, nearest_products
-from visual_search.spaces import ensure_current_space, get_current_space
+from visual_search.queries import Neighbour, has_ready_embedding, nearest_products
+from visual_search.spaces import current_space_name, ensure_current_space, get_current_space
 
 logger = logging.getLogger(__name__)
-
-# Query images used for a product with a large gallery: its first ones (the main image first).
-MAX_QUERY_IMAGES = 8
 
 
 class ProductNotEmbedded(VisualSearchError):
@@ -60,43 +56,33 @@ def _resolve_product(product_or_pk: Any) -> models.Model:
         raise ProductNotFound(f"No {model._meta.verbose_name} with key {product_or_pk!r}.") from exc
 
 
-def _results(
-    neighbours: Sequence[Neighbour], queryset: models.QuerySet | None
-) -> list[SearchResult]:
-    base = queryset if queryset is not None else get_product_model()._default_manager.all()
-    products = base.in_bulk([n.product_pk for n in neighbours])
-    return [
-        SearchResult(products[n.product_pk], n.score, n.image_key)
-        for n in neighbours
-        if n.product_pk in products
-    ]
+def _results(neighbours: Sequence[Neighbour]) -> list[SearchResult]:
+    return [SearchResult(n.product, n.score, n.image_key) for n in neighbours]
+
+
+def _products(queryset: models.QuerySet | None) -> models.QuerySet:
+    return queryset if queryset is not None else get_product_model()._default_manager.all()
 
 
 def similar_products(
     product: Any, *, k: int = 8, queryset: models.QuerySet | None = None
 ) -> list[SearchResult]:
-    """Products that look like ``product`` (an instance or a primary key), itself excluded."""
+    """Products that look like ``product`` (an instance or a primary key), itself excluded.
+
+    One SQL statement once the space is known. Raises ProductNotFound for an unknown key and
+    ProductNotEmbedded when the product has no ready embedding yet.
+    """
     _check_k(k)
-    product = _resolve_product(product)
+    pk = product.pk if isinstance(product, models.Model) else _resolve_product(product).pk
     space = get_current_space()
-    vectors = []
+    found: list[Neighbour] = []
     if space is not None and space.dimension is not None:
-        vectors = list(
-            ProductEmbedding.objects.filter(
-                product_id=product.pk, space=space, status=EmbeddingStatus.READY
-            )
-            .order_by("id")
-            .values_list("embedding", flat=True)[:MAX_QUERY_IMAGES]
-        )
-    if not vectors:
+        found = nearest_products(space, k=k, of_product=pk, queryset=_products(queryset))
+    if not found and not has_ready_embedding(space, pk):
         raise ProductNotEmbedded(
-            f"Product {product.pk} has no ready embedding in space "
-            f"{space.name if space else get_encoder().space!r} yet."
+            f"Product {pk} has no ready embedding in space {current_space_name()!r} yet."
         )
-    matrix = np.array(vectors, dtype=np.float32)
-    return _results(
-        nearest_products(matrix, space, k=k, queryset=queryset, exclude_pk=product.pk), queryset
-    )
+    return _results(found)
 
 
 def search_by_image(
@@ -114,8 +100,10 @@ def search_by_image(
     picture = load_image(image, box=box)
     encoder = get_encoder()
     vector = encoder.encode([picture])
-    space = ensure_current_space(encoder, with_dimension=True)
-    return _results(nearest_products(vector, space, k=k, queryset=queryset), queryset)
+    space = get_current_space()
+    if space is None or space.dimension is None:
+        space = ensure_current_space(encoder, with_dimension=True)
+    return _results(nearest_products(space, k=k, vectors=vector, queryset=_products(queryset)))
 
 
 def embed_product(product_or_pk: Any, *, force: bool = False) -> EmbedReport:

@@ -11,8 +11,23 @@ def current_space_name() -> str:
     return get_encoder().space
 
 
+# A space's dimension never changes once known, so its row is kept per process: queries
+# then cost no extra round trip. Rows still without a dimension are read again each time.
+_known: dict[str, EmbeddingSpace] = {}
+
+
 def get_current_space() -> EmbeddingSpace | None:
-    return EmbeddingSpace.objects.filter(name=current_space_name()).first()
+    name = current_space_name()
+    space = _known.get(name)
+    if space is None:
+        space = EmbeddingSpace.objects.filter(name=name).first()
+        if space is not None and space.dimension is not None:
+            _known[name] = space
+    return space
+
+
+def forget_spaces() -> None:
+    _known.clear()
 
 
 def ensure_current_space(encoder: Encoder | None = None, *, with_dimension: bool) -> EmbeddingSpace:
