@@ -23,6 +23,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "shop_demo.catalog",
     "visual_search",
 ]
@@ -79,6 +82,14 @@ VISUAL_SEARCH_PRODUCT_MODEL = "catalog.Product"
 VISUAL_SEARCH = {
     "PRODUCT_IMAGES": "shop_demo.catalog.gallery.product_images",
     "IMAGE_MODELS": {"catalog.ProductImage": "product"},
+    "API": {
+        "FILTERS": {
+            "category": "category__slug",
+            "in_stock": "in_stock",
+            "min_price": "price__gte",
+            "max_price": "price__lte",
+        },
+    },
     "ENCODER": {
         "RUNTIME": os.environ.get("VISUAL_SEARCH_RUNTIME", "torch"),
         "THREADS": int(os.environ.get("VISUAL_SEARCH_THREADS", "2")),

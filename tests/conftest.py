@@ -59,6 +59,7 @@ def make_product(db: None) -> ProductFactory:
     ) -> Any:
         content = photo.read_bytes() if isinstance(photo, Path) else photo
         filename = f"{name.lower().replace(' ', '-')}.jpg"
+        category = fields.pop("category", None)
         if model._meta.label == "thirdparty.Product":
             product = model(title=name, **fields)
             if content is not None:
@@ -67,7 +68,6 @@ def make_product(db: None) -> ProductFactory:
             return product
         from shop_demo.catalog.models import Category, ProductImage
 
-        category = fields.pop("category", None)
         if isinstance(category, str):
             category, _ = Category.objects.get_or_create(name=category, slug=category.lower())
         product = model(
@@ -176,3 +176,22 @@ def jpeg_bytes(
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "JPEG", **save)
     return buffer.getvalue()
+
+
+@pytest.fixture
+def catalogue(make_product, photos):
+    """Four real products, each with a train photo; embedded synchronously."""
+    categories = {
+        "Banana": "fruit",
+        "Kiwi": "fruit",
+        "Lemon": "fruit",
+        "Arla-Standard-Milk": "dairy",
+    }
+    made = {
+        name: make_product(name, photos("train", name)[0], category=category)
+        for name, category in categories.items()
+    }
+    from visual_search import services
+
+    services.embed_many([p.pk for p in made.values()])
+    return made

@@ -16,17 +16,6 @@ from visual_search.queries import nearest_products
 pytestmark = [pytest.mark.django_db, pytest.mark.products]
 
 
-@pytest.fixture
-def catalogue(make_product, photos):
-    """Four real products, each with a train photo; embedded synchronously."""
-    made = {
-        name: make_product(name, photos("train", name)[0])
-        for name in ("Banana", "Kiwi", "Lemon", "Arla-Standard-Milk")
-    }
-    services.embed_many([p.pk for p in made.values()])
-    return made
-
-
 def test_search_by_image_finds_the_product_of_an_unseen_photo(catalogue, photos):
     for name in ("Banana", "Arla-Standard-Milk"):
         query = photos("val", name)[0]

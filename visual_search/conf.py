@@ -61,6 +61,41 @@ DEFAULTS: dict[str, Any] = {
         "MAX_SCAN_TUPLES": 20000,
         "MAX_K": 100,
     },
+    "API": {
+        # Dotted path to the serializer of a result's product; None: all the model's fields.
+        "PRODUCT_SERIALIZER": None,
+        # Query parameters the shop allows as filters, mapped to lookups on its product
+        # queryset, e.g. {"category": "category__slug", "max_price": "price__lte"}.
+        "FILTERS": {},
+        # Dotted path to f(request, queryset) -> queryset, applied before FILTERS (e.g. to
+        # hide unpublished products from the public API).
+        "QUERYSET_HOOK": None,
+        "DEFAULT_K": 10,
+        # Search by image URL: off by default (server-side request forgery, see api/fetch.py).
+        "URL_SEARCH": False,
+        "URL_TIMEOUT": 5.0,
+        "URL_MAX_REDIRECTS": 3,
+        # Networks the URL fetcher may reach although they are not public (an internal CDN).
+        "URL_ALLOWED_NETWORKS": [],
+        "PERMISSIONS": {
+            "search": ["rest_framework.permissions.AllowAny"],
+            "similar": ["rest_framework.permissions.AllowAny"],
+            "reindex": ["rest_framework.permissions.IsAdminUser"],
+        },
+        # Per client (user or IP) and endpoint; None: not throttled.
+        "THROTTLE_RATES": {"search": "30/minute", "similar": "120/minute", "reindex": None},
+    },
+    "CACHE": {
+        # Cache of template-tag results (a Django cache alias); TIMEOUT 0 disables it.
+        "ALIAS": "default",
+        "TIMEOUT": 600,
+    },
+    "ADMIN": {
+        # Add the "Reindex selected" action to the product's registered ModelAdmin at start-up.
+        "REGISTER_ACTION": True,
+        # Products per Celery task when the admin or a command queues work.
+        "CHUNK_SIZE": 32,
+    },
     "CELERY": {
         # Queue for embedding tasks (give them their own workers); None: Celery's default.
         "QUEUE": None,
@@ -94,6 +129,9 @@ class VisualSearchSettings:
             user = self.user_settings.get(name, default)
             if isinstance(default, dict) and isinstance(user, dict) and name != "IMAGE_MODELS":
                 value = {**default, **user}
+                for key, inner in default.items():  # one more level: API PERMISSIONS, ...
+                    if isinstance(inner, dict) and isinstance(user.get(key), dict):
+                        value[key] = {**inner, **user[key]}
             else:
                 value = user
             self._cache[name] = value

@@ -22,8 +22,10 @@ from urllib.parse import parse_qs, unquote, urlparse
 def start_postgres(datadir: Path) -> str:
     """Start (or reuse) the server in ``datadir/postgres``; returns its URL."""
     try:
-        import pgserver
-    except ImportError as exc:  # pragma: no cover - depends on the install
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs' note about XDG_RUNTIME_DIR being unset
+            import pgserver
+    except ImportError as exc:
         raise RuntimeError(
             "No DATABASE_URL is set and the embedded PostgreSQL is not installed: "
             "pip install 'django-visual-search[embedded]' or set DATABASE_URL."

@@ -9,7 +9,13 @@ class UnusableImage(VisualSearchError, ValueError):
     """An image that cannot be used: empty, too large, corrupt, or of a format not allowed.
 
     Permanent: retrying the same bytes gives the same answer, so tasks record it instead.
+    ``code`` says which (for API clients): empty, too_large, not_found, unreadable,
+    not_an_image, corrupt, decompression_bomb or bad_box.
     """
+
+    def __init__(self, message: str, code: str = "unusable_image") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ProductNotFound(VisualSearchError, LookupError):

@@ -35,9 +35,9 @@ def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
         try:
             size = path.stat().st_size
         except FileNotFoundError as exc:
-            raise UnusableImage(f"Image file not found: {path}") from exc
+            raise UnusableImage(f"Image file not found: {path}", "not_found") from exc
         if size > limit:
-            raise UnusableImage(_too_large(size, limit))
+            raise UnusableImage(_too_large(size, limit), "too_large")
         data = path.read_bytes()
     elif hasattr(source, "read"):
         if hasattr(source, "open") and getattr(source, "closed", False):
@@ -46,11 +46,11 @@ def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
             source.seek(0)
         data = source.read(limit + 1)
     else:
-        raise UnusableImage(f"Cannot read an image from {type(source).__name__}")
+        raise UnusableImage(f"Cannot read an image from {type(source).__name__}", "unreadable")
     if len(data) > limit:
-        raise UnusableImage(_too_large(len(data), limit))
+        raise UnusableImage(_too_large(len(data), limit), "too_large")
     if not data:
-        raise UnusableImage("The image file is empty (0 bytes).")
+        raise UnusableImage("The image file is empty (0 bytes).", "empty")
     return data
 
 
@@ -92,13 +92,16 @@ def _decode(data: bytes) -> tuple[Image.Image, float]:
             image.load()
             image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UnusableImage(f"The image has too many pixels (decompression bomb): {exc}") from exc
+        raise UnusableImage(
+            f"The image has too many pixels (decompression bomb): {exc}", "decompression_bomb"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise UnusableImage(
-            "The file is not an image in an accepted format (" + ", ".join(formats) + ")."
+            "The file is not an image in an accepted format (" + ", ".join(formats) + ").",
+            "not_an_image",
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise UnusableImage(f"The image is corrupt or truncated: {exc}") from exc
+        raise UnusableImage(f"The image is corrupt or truncated: {exc}", "corrupt") from exc
     return image, image.width / full_size[0]
 
 
@@ -135,12 +138,15 @@ def _scaled_box(box: Box, size: tuple[int, int], scale: float) -> tuple[int, int
     try:
         left, top, right, bottom = (float(v) * scale for v in box)
     except (TypeError, ValueError) as exc:
-        raise UnusableImage("The crop box must be four numbers: left, top, right, bottom.") from exc
+        raise UnusableImage(
+            "The crop box must be four numbers: left, top, right, bottom.", "bad_box"
+        ) from exc
     width, height = size
     left, top = max(0.0, left), max(0.0, top)
     right, bottom = min(float(width), right), min(float(height), bottom)
     if right - left < 1 or bottom - top < 1:
         raise UnusableImage(
-            f"The crop box {tuple(box)} is empty or outside the image ({width}x{height} px)."
+            f"The crop box {tuple(box)} is empty or outside the image ({width}x{height} px).",
+            "bad_box",
         )
     return round(left), round(top), round(right), round(bottom)

@@ -93,7 +93,7 @@ def embed_products(products_or_pks: Iterable[Any], *, force: bool = False) -> Em
             try:
                 data = read_bytes(image.source)
             except UnusableImage as exc:
-                data, read_error = None, str(exc)
+                data, read_error = None, exc
                 # Unreadable (empty, too large, missing): the error stands in for the content,
                 # so the same failure is not retried on every save.
                 item.content_hash = hashlib.sha256(f"unreadable:{exc}".encode()).hexdigest()
@@ -106,7 +106,7 @@ def embed_products(products_or_pks: Iterable[Any], *, force: bool = False) -> Em
                 continue
             try:
                 if data is None:
-                    raise UnusableImage(read_error)
+                    raise read_error
                 item.picture = load_image(data)
             except UnusableImage as exc:
                 _record_failure(space, item, str(exc), report)

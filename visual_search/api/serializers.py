@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from django.utils.module_loading import import_string
+from rest_framework import serializers
+
+from visual_search.conf import vs_settings
+from visual_search.models_registry import get_product_model
+
+
+@lru_cache(maxsize=4)
+def _default_product_serializer(label: str) -> type[serializers.ModelSerializer]:
+    meta = type("Meta", (), {"model": get_product_model(), "fields": "__all__"})
+    return type("ProductSerializer", (serializers.ModelSerializer,), {"Meta": meta})
+
+
+def product_serializer_class() -> type[serializers.BaseSerializer]:
+    path = vs_settings.API["PRODUCT_SERIALIZER"]
+    return import_string(path) if path else _default_product_serializer(vs_settings.PRODUCT_MODEL)
+
+
+class BoxField(serializers.Field):
+    """A crop box "left,top,right,bottom" in pixels of the uploaded image."""
+
+    default_error_messages = {
+        "invalid": 'Give the box as four numbers "left,top,right,bottom" (pixels).',
+        "empty": "The box must have right > left and bottom > top.",
+    }
+
+    def to_internal_value(self, data: Any) -> tuple[float, float, float, float]:
+        parts = data if isinstance(data, (list, tuple)) else str(data).split(",")
+        try:
+            left, top, right, bottom = (float(p) for p in parts)
+        except (TypeError, ValueError):
+            self.fail("invalid")
+        if right <= left or bottom <= top or min(left, top) < 0:
+            self.fail("empty")
+        return left, top, right, bottom
+
+    def to_representation(self, value: Any) -> list[float]:
+        return list(value)
+
+
+class QuerySerializer(serializers.Serializer):
+    k = serializers.IntegerField(required=False, min_value=1)
+    box = BoxField(required=False)
+
+    def validate_k(self, value: int) -> int:
+        max_k = int(vs_settings.QUERY["MAX_K"])
+        if value > max_k:
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {max_k}."
+            )
+        return value
+
+
+class ImageSearchSerializer(QuerySerializer):
+    image = serializers.FileField(help_text="The photo: JPEG, PNG, WebP, GIF, BMP or TIFF.")
+
+
+class UrlSearchSerializer(QuerySerializer):
+    url = serializers.URLField(help_text="An http(s) URL of a photo on a public host.")
+
+
+class ReindexSerializer(serializers.Serializer):
+    which = serializers.ChoiceField(
+        choices=["missing", "failed", "stale", "all"], default="missing"
+    )
+
+
+class ResultSerializer(serializers.Serializer):
+    product = serializers.SerializerMethodField()
+    score = serializers.FloatField(help_text="Cosine similarity, -1 to 1 (higher is closer).")
+    matched_image = serializers.CharField(
+        source="image_key", help_text="The product image that matched best."
+    )
+
+    def get_product(self, result: Any) -> dict[str, Any]:
+        return product_serializer_class()(result.product, context=self.context).data
+
+
+class ResultsSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    space = serializers.CharField(help_text="The embedding space the search ran in.")
+    results = ResultSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()

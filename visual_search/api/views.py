@@ -1,0 +1,231 @@
+"""API views: thin adapters from HTTP to visual_search.services, with clear 4xx errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.module_loading import import_string
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import APIException, NotFound
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView, exception_handler
+
+from visual_search import services
+from visual_search.api.fetch import FetchRefused, fetch
+from visual_search.api.filters import filtered_queryset
+from visual_search.api.serializers import (
+    ErrorSerializer,
+    ImageSearchSerializer,
+    QuerySerializer,
+    ReindexSerializer,
+    ResultsSerializer,
+    UrlSearchSerializer,
+)
+from visual_search.api.throttling import EndpointThrottle
+from visual_search.conf import vs_settings
+from visual_search.exceptions import ProductNotFound, UnusableImage
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Bad request: the body says what and why."),
+    429: OpenApiResponse(ErrorSerializer, description="Too many requests."),
+}
+
+
+def documented(**kwargs: Any) -> Any:
+    """extend_schema on drf-spectacular's AutoSchema, whatever the shop's DEFAULT_SCHEMA_CLASS."""
+
+    def decorator(method: Any) -> Any:
+        method.schema = AutoSchema
+        return extend_schema(**kwargs)(method)
+
+    return decorator
+
+
+class ApiError(APIException):
+    def __init__(self, detail: str, code: str, status_code: int = 400) -> None:
+        self.status_code = status_code
+        super().__init__(detail, code)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus a machine-readable ``code`` beside every ``detail``."""
+    response = exception_handler(exc, context)
+    if response is not None and isinstance(exc, APIException) and isinstance(response.data, dict):
+        if "detail" in response.data and "code" not in response.data:
+            codes = exc.get_codes()
+            response.data["code"] = codes if isinstance(codes, str) else "invalid"
+    return response
+
+
+def image_error(exc: UnusableImage | FetchRefused) -> ApiError:
+    status_code = 413 if exc.code == "too_large" else 400
+    return ApiError(str(exc), exc.code, status_code)
+
+
+class VisualSearchView(APIView):
+    """Shared behaviour: permissions and throttles per endpoint from settings."""
+
+    endpoint = "search"
+    schema = AutoSchema()
+    reserved_params: set[str] = {"k", "box"}
+
+    def get_permissions(self) -> list[Any]:
+        return [import_string(path)() for path in vs_settings.API["PERMISSIONS"][self.endpoint]]
+
+    def get_throttles(self) -> list[Any]:
+        return [EndpointThrottle(self.endpoint)]
+
+    def get_exception_handler(self) -> Any:
+        return api_exception_handler
+
+    def validated(self, serializer_class: type, data: Any) -> dict[str, Any]:
+        serializer = serializer_class(data=data)
+        serializer.is_valid(raise_exception=True)
+        values = dict(serializer.validated_data)
+        values.setdefault("k", int(vs_settings.API["DEFAULT_K"]))
+        return values
+
+    def params(self, request: Request) -> dict[str, Any]:
+        """Query string and form fields together (files aside)."""
+        merged = {key: request.query_params.get(key) for key in request.query_params}
+        if hasattr(request.data, "items"):
+            for key, value in request.data.items():
+                if key not in request.FILES:
+                    merged[key] = value
+        return merged
+
+    def results(self, request: Request, results: list[services.SearchResult]) -> Response:
+        data = {"count": len(results), "space": services.current_space_name(), "results": results}
+        return Response(ResultsSerializer(data, context={"request": request}).data)
+
+
+FILTER_NOTE = "Any filter the shop declared in VISUAL_SEARCH['API']['FILTERS'] may be added."
+
+
+class SearchByImageView(VisualSearchView):
+    parser_classes = [MultiPartParser, FormParser]
+    reserved_params = {"k", "box", "image"}
+
+    @documented(
+        operation_id="visual_search_by_image",
+        summary="Find the products that look like an uploaded photo",
+        description=FILTER_NOTE,
+        request={"multipart/form-data": ImageSearchSerializer},
+        responses={200: ResultsSerializer, **ERRORS, 413: OpenApiResponse(ErrorSerializer)},
+    )
+    def post(self, request: Request) -> Response:
+        if "image" not in request.FILES:
+            raise ApiError('Send the photo as a multipart file field named "image".', "no_file")
+        params = self.params(request)
+        values = self.validated(ImageSearchSerializer, {**params, "image": request.FILES["image"]})
+        queryset = filtered_queryset(request, params, self.reserved_params)
+        try:
+            found = services.search_by_image(
+                values["image"], k=values["k"], box=values.get("box"), queryset=queryset
+            )
+        except UnusableImage as exc:
+            raise image_error(exc)
+        return self.results(request, found)
+
+
+class SearchByUrlView(VisualSearchView):
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    reserved_params = {"k", "box", "url"}
+
+    @documented(
+        operation_id="visual_search_by_url",
+        summary="Find the products that look like the photo at a URL (when enabled)",
+        description="Off unless VISUAL_SEARCH['API']['URL_SEARCH'] is True. Only public "
+        "http(s) hosts are fetched. " + FILTER_NOTE,
+        request=UrlSearchSerializer,
+        responses={200: ResultsSerializer, **ERRORS, 404: OpenApiResponse(ErrorSerializer)},
+    )
+    def post(self, request: Request) -> Response:
+        api = vs_settings.API
+        if not api["URL_SEARCH"]:
+            raise NotFound("Search by image URL is not enabled on this shop.")
+        params = self.params(request)
+        values = self.validated(UrlSearchSerializer, params)
+        queryset = filtered_queryset(request, params, self.reserved_params)
+        try:
+            data = fetch(
+                values["url"],
+                max_bytes=int(vs_settings.IMAGE["MAX_BYTES"]),
+                timeout=float(api["URL_TIMEOUT"]),
+                max_redirects=int(api["URL_MAX_REDIRECTS"]),
+                allowed_networks=api["URL_ALLOWED_NETWORKS"],
+            )
+            found = services.search_by_image(
+                data, k=values["k"], box=values.get("box"), queryset=queryset
+            )
+        except (UnusableImage, FetchRefused) as exc:
+            raise image_error(exc)
+        return self.results(request, found)
+
+
+class SimilarProductsView(VisualSearchView):
+    endpoint = "similar"
+
+    @documented(
+        operation_id="visual_search_similar_products",
+        summary="Products that look like a product",
+        description=FILTER_NOTE,
+        parameters=[
+            OpenApiParameter(
+                "key",
+                str,
+                OpenApiParameter.PATH,
+                description="The product's primary key (integer or UUID).",
+            ),
+            OpenApiParameter("k", int, description="How many results (default 10)."),
+        ],
+        responses={
+            200: ResultsSerializer,
+            **ERRORS,
+            404: OpenApiResponse(ErrorSerializer, description="No such product."),
+            409: OpenApiResponse(ErrorSerializer, description="The product has no embedding yet."),
+        },
+    )
+    def get(self, request: Request, key: str) -> Response:
+        params = self.params(request)
+        values = self.validated(QuerySerializer, params)
+        queryset = filtered_queryset(request, params, self.reserved_params)
+        try:
+            found = services.similar_products(key, k=values["k"], queryset=queryset)
+        except ProductNotFound as exc:
+            raise ApiError(str(exc), "unknown_product", status.HTTP_404_NOT_FOUND)
+        except services.ProductNotEmbedded as exc:
+            raise ApiError(
+                f"{exc} Its images are still being processed, or failed; try again later.",
+                "not_embedded",
+                status.HTTP_409_CONFLICT,
+            )
+        return self.results(request, found)
+
+
+class ReindexView(VisualSearchView):
+    endpoint = "reindex"
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @documented(
+        operation_id="visual_search_reindex",
+        summary="Queue embedding of missing, failed, stale or all products (staff)",
+        request=ReindexSerializer,
+        responses={
+            202: OpenApiResponse(description="Queued: {'queued': n, 'which': ...}"),
+            **ERRORS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = ReindexSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        which = serializer.validated_data["which"]
+        try:
+            queued = services.reindex(which, chunk_size=int(vs_settings.ADMIN["CHUNK_SIZE"]))
+        except services.VisualSearchError as exc:
+            raise ApiError(str(exc), "broker_unavailable", status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response({"queued": queued, "which": which}, status=status.HTTP_202_ACCEPTED)
