@@ -30,7 +30,7 @@ def client():
 
 
 def similar_url(pk):
-    return f"/api/visual-search/products/{key}/similar/"
+    return f"/api/visual-search/products/{pk}/similar/"
 
 
 def upload(client, path_or_bytes, **data):
