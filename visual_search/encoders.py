@@ -50,7 +50,9 @@ class Encoder(Protocol):
         """An (n, dimension) float32 array of unit-length rows."""
         ...
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> dict[str, Any]:
+        """ENCODER settings that rebuild this encoder (stored on the space's row)."""
+        ...
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -165,7 +167,13 @@ class TimmEncoder:
         return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(self.weights).stem)
 
     def describe(self) -> dict[str, Any]:
-        return {"class": "TimmEncoder", "model": self.model_name, "weights": self.weights}
+        """ENCODER settings that rebuild this encoder (stored on the space's row)."""
+        return {
+            "CLASS": f"{type(self).__module__}.{type(self).__qualname__}",
+            "MODEL": self.model_name,
+            "WEIGHTS": self.weights,
+            "SPACE": self.space,
+        }
 
     @property
     def dimension(self) -> int:

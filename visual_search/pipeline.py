@@ -16,7 +16,7 @@ from typing import Any
 from django.db import models, transaction
 from PIL import Image
 
-from visual_search.encoders import get_encoder
+from visual_search.encoders import Encoder, get_encoder
 from visual_search.exceptions import UnusableImage
 from visual_search.gallery import GalleryImage, product_images
 from visual_search.images import load_image, read_bytes
@@ -74,9 +74,12 @@ def sync_gallery_rows(
     return gallery, removed
 
 
-def embed_products(products_or_pks: Iterable[Any], *, force: bool = False) -> EmbedReport:
-    """Embed the galleries of these products in the current space, in encoder batches."""
-    encoder = get_encoder()
+def embed_products(
+    products_or_pks: Iterable[Any], *, force: bool = False, encoder: Encoder | None = None
+) -> EmbedReport:
+    """Embed the galleries of these products in the encoder's space (default: the current
+    one), in encoder batches."""
+    encoder = encoder or get_encoder()
     space = ensure_current_space(encoder, with_dimension=True)
     ensure_index(space)
     report = EmbedReport()

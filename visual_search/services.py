@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models import Count, Q
 
 from visual_search.conf import vs_settings
-from visual_search.encoders import get_encoder
+from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import ProductNotFound, VisualSearchError
 from visual_search.images import Box, ImageSource, load_image
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
@@ -112,9 +112,20 @@ def embed_product(product_or_pk: Any, *, force: bool = False) -> EmbedReport:
     return embed_products([product], force=force)
 
 
-def embed_many(pks: Iterable[Any], *, force: bool = False) -> EmbedReport:
+def embed_many(pks: Iterable[Any], *, force: bool = False, space: str | None = None) -> EmbedReport:
     """Embed several products in shared encoder batches; unknown keys are reported, not raised."""
-    return embed_products(list(pks), force=force)
+    return embed_products(list(pks), force=force, encoder=encoder_for_space(space))
+
+
+def encoder_for_space(space: str | None) -> Encoder:
+    """The current encoder, or the one that wrote another space (rebuilt from its row)."""
+    current = get_encoder()
+    if space is None or space == current.space:
+        return current
+    stored = EmbeddingSpace.objects.filter(name=space).values_list("encoder", flat=True).first()
+    if not stored:
+        raise VisualSearchError(f"Unknown embedding space {space!r}.")
+    return build_encoder({**vs_settings.ENCODER, **stored})
 
 
 def mark_pending(product_or_pk: Any) -> None:
@@ -128,14 +139,16 @@ def mark_pending(product_or_pk: Any) -> None:
     sync_gallery_rows(product, space)
 
 
-def schedule_embedding(pks: Sequence[Any], *, force: bool = False) -> bool:
+def schedule_embedding(
+    pks: Sequence[Any], *, force: bool = False, space: str | None = None
+) -> bool:
     """Queue the embedding task for these products; False (logged) when the broker is down."""
     if not pks:
         return True
     from visual_search.tasks import enqueue_embedding  # Celery is imported only when used
 
     try:
-        enqueue_embedding([str(pk) for pk in pks], force=force)
+        enqueue_embedding([str(pk) for pk in pks], force=force, space=space)
     except Exception:
         logger.exception(
             "Could not queue embedding of products %s; they stay pending until a reindex.",
@@ -145,14 +158,14 @@ def schedule_embedding(pks: Sequence[Any], *, force: bool = False) -> bool:
     return True
 
 
-def products_to_reindex(which: str = "missing") -> models.QuerySet:
+def products_to_reindex(which: str = "missing", *, space: str | None = None) -> models.QuerySet:
     """Product keys needing work: "missing" (no row or pending), "failed", "stale" or "all".
 
-    "stale" means rows written by a different encoder configuration than the current one
-    (another space); content changes are caught by the content hash when products embed.
+    "stale" means products embedded in some other space but not in this one (the encoder
+    configuration changed); changed images are caught by their content hash on every save.
     """
     model = get_product_model()
-    space_name = get_encoder().space
+    space_name = space or current_space_name()
     products = model._default_manager.all()
     rows = ProductEmbedding.objects.filter(space_id=space_name)
     in_space = Q(pk__in=rows.values("product_id"))
@@ -160,30 +173,48 @@ def products_to_reindex(which: str = "missing") -> models.QuerySet:
     def status_in(*statuses: str) -> Q:
         return Q(pk__in=rows.filter(status__in=statuses).values("product_id"))
 
-    if which == "all":
-        return products.values_list("pk", flat=True)
-    if which == "failed":
-        return products.filter(status_in(EmbeddingStatus.FAILED)).values_list("pk", flat=True)
-    if which == "stale":
-        other = Q(pk__in=ProductEmbedding.objects.exclude(space_id=space_name).values("product_id"))
-        return products.filter(other & ~in_space).values_list("pk", flat=True)
-    if which == "missing":
-        return products.filter(~in_space | status_in(EmbeddingStatus.PENDING)).values_list(
-            "pk", flat=True
+    selections = {
+        "all": Q(),
+        "failed": status_in(EmbeddingStatus.FAILED),
+        "missing": ~in_space | status_in(EmbeddingStatus.PENDING),
+        "stale": Q(
+            pk__in=ProductEmbedding.objects.exclude(space_id=space_name).values("product_id")
         )
-    raise ValueError(f"Unknown reindex selection {which!r}: missing, failed, stale or all.")
+        & ~in_space,
+    }
+    if which not in selections:
+        raise ValueError(f"Unknown reindex selection {which!r}: missing, failed, stale or all.")
+    return products.filter(selections[which]).order_by("pk").values_list("pk", flat=True)
 
 
-def reindex(which: str = "missing", *, inline: bool = False, chunk_size: int = 32) -> int:
-    """Embed (inline) or queue (Celery, in chunks) the selected products; returns how many."""
-    pks = list(products_to_reindex(which))
-    force = which in ("failed", "all")
+def queue_products(
+    pks: Sequence[Any], *, force: bool = False, space: str | None = None
+) -> tuple[int, int]:
+    """Queue embedding in chunks of ADMIN.CHUNK_SIZE; returns (products, tasks) queued.
+
+    Raises VisualSearchError when the broker is unreachable.
+    """
+    chunk_size = int(vs_settings.ADMIN["CHUNK_SIZE"])
+    tasks = 0
     for start in range(0, len(pks), chunk_size):
-        chunk = pks[start : start + chunk_size]
-        if inline:
-            embed_many(chunk, force=force)
-        elif not schedule_embedding(chunk, force=force):
-            raise VisualSearchError("The task broker is unreachable; nothing more was queued.")
+        if not schedule_embedding(pks[start : start + chunk_size], force=force, space=space):
+            raise VisualSearchError(
+                f"The task broker is unreachable; queued {start} of {len(pks)} products."
+            )
+        tasks += 1
+    return len(pks), tasks
+
+
+def reindex(which: str = "missing", *, inline: bool = False, space: str | None = None) -> int:
+    """Embed here (inline) or queue (Celery) the selected products; returns how many."""
+    pks = list(products_to_reindex(which, space=space))
+    force = which in ("failed", "all")
+    if inline:
+        chunk_size = int(vs_settings.ADMIN["CHUNK_SIZE"])
+        for start in range(0, len(pks), chunk_size):
+            embed_many(pks[start : start + chunk_size], force=force, space=space)
+    else:
+        queue_products(pks, force=force, space=space)
     return len(pks)
 
 
@@ -205,7 +236,9 @@ __all__ = [
     "embed_many",
     "embed_product",
     "mark_pending",
+    "encoder_for_space",
     "products_to_reindex",
+    "queue_products",
     "reindex",
     "schedule_embedding",
     "search_by_image",

@@ -19,13 +19,15 @@ logger = logging.getLogger(__name__)
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def embed_products_task(self: Any, pks: list[str], force: bool = False) -> dict[str, int]:
+def embed_products_task(
+    self: Any, pks: list[str], force: bool = False, space: str | None = None
+) -> dict[str, int]:
     from visual_search import services
     from visual_search.pipeline import mark_products_failed
 
     max_retries = int(vs_settings.CELERY["MAX_RETRIES"])
     try:
-        report = services.embed_many(pks, force=force)
+        report = services.embed_many(pks, force=force, space=space)
     except Exception as exc:
         if self.request.retries >= max_retries:
             mark_products_failed(pks, f"Gave up after {max_retries + 1} attempts: {exc!r}")
@@ -43,7 +45,7 @@ def reindex_task(which: str = "missing") -> int:
     return services.reindex(which)
 
 
-def enqueue_embedding(pks: list[str], *, force: bool = False) -> None:
+def enqueue_embedding(pks: list[str], *, force: bool = False, space: str | None = None) -> None:
     """Send the task, retrying the broker once: a save must never hang on a dead broker.
 
     How long one connection attempt may take is Celery's ``broker_connection_timeout``.
@@ -59,4 +61,5 @@ def enqueue_embedding(pks: list[str], *, force: bool = False) -> None:
     }
     if vs_settings.CELERY["QUEUE"]:
         options["queue"] = vs_settings.CELERY["QUEUE"]
-    embed_products_task.apply_async(args=[pks], kwargs={"force": force}, **options)
+    kwargs = {"force": force, "space": space}
+    embed_products_task.apply_async(args=[pks], kwargs=kwargs, **options)

@@ -225,7 +225,7 @@ class ReindexView(VisualSearchView):
         serializer.is_valid(raise_exception=True)
         which = serializer.validated_data["which"]
         try:
-            queued = services.reindex(which, chunk_size=int(vs_settings.ADMIN["CHUNK_SIZE"]))
+            queued = services.reindex(which)
         except services.VisualSearchError as exc:
             raise ApiError(str(exc), "broker_unavailable", status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"queued": queued, "which": which}, status=status.HTTP_202_ACCEPTED)
