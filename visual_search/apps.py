@@ -1,4 +1,4 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.utils.translation import gettext_lazy as _
 
 
@@ -12,6 +12,7 @@ class VisualSearchConfig(AppConfig):
         from django.db.models.signals import post_delete
 
         from visual_search import checks, signals
+        from visual_search.conf import vs_settings
         from visual_search.models import EmbeddingSpace
         from visual_search.queries import configure_session
         from visual_search.spaces import forget_spaces
@@ -26,3 +27,9 @@ class VisualSearchConfig(AppConfig):
         )
         if not checks.product_model_errors():
             signals.connect()
+            if vs_settings.ADMIN["REGISTER_ACTION"] and apps.is_installed("django.contrib.admin"):
+                from visual_search.admin_actions import register_reindex_action
+
+                # Works when django.contrib.admin comes before visual_search in
+                # INSTALLED_APPS (its ready() has then registered the shop's ModelAdmins).
+                register_reindex_action()

@@ -64,6 +64,7 @@ class ProductEmbedding(models.Model):
     class Meta:
         verbose_name = _("product embedding")
         verbose_name_plural = _("product embeddings")
+        permissions = [("reindex", _("Can reindex products for visual search"))]
         constraints = [
             models.UniqueConstraint(
                 fields=["product", "space", "image_key"], name="visual_search_unique_image"

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import models, transaction
 from PIL import Image
 
+from visual_search.cache import invalidate
 from visual_search.encoders import Encoder, get_encoder
 from visual_search.exceptions import UnusableImage
 from visual_search.gallery import GalleryImage, product_images
@@ -62,6 +63,8 @@ def sync_gallery_rows(
     keys = [image.key for image in gallery]
     rows = ProductEmbedding.objects.filter(product_id=product.pk, space=space)
     removed, _ = rows.exclude(image_key__in=keys).delete()
+    if removed:
+        invalidate([product.pk])
     existing = set(rows.values_list("image_key", flat=True))
     ProductEmbedding.objects.bulk_create(
         [
@@ -156,6 +159,7 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
         for item, vector in zip(batch, vectors, strict=True)
     ]
     _upsert(rows, ["content_hash", "embedding", "status", "error", "updated_at"])
+    invalidate({item.product_pk for item in batch})
 
 
 def _record_failure(space: EmbeddingSpace, item: _Work, error: str, report: EmbedReport) -> None:
@@ -171,6 +175,7 @@ def _record_failure(space: EmbeddingSpace, item: _Work, error: str, report: Embe
         row.error = error
         row.attempts += 1
         row.save()
+    invalidate([item.product_pk])
 
 
 def _upsert(rows: list[ProductEmbedding], update_fields: list[str]) -> None:

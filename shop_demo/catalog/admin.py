@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from shop_demo.catalog.models import Category, Product, ProductImage
+from visual_search.admin_mixins import VisualSearchAdminMixin
 
 
 class ProductImageInline(admin.TabularInline):
@@ -9,7 +10,7 @@ class ProductImageInline(admin.TabularInline):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(VisualSearchAdminMixin, admin.ModelAdmin):
     list_display = ["name", "category", "price", "in_stock"]
     list_filter = ["category", "in_stock"]
     search_fields = ["name"]

@@ -1,0 +1,143 @@
+"""Admin: embedding list, status page, reindex actions for permitted staff only."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from tests.conftest import wait_for
+from visual_search.admin_actions import reindex_selected_products
+from visual_search.models import ProductEmbedding
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "/admin/catalog/product/"
+
+
+@pytest.fixture
+def staff(django_user_model):
+    def make(name: str, *, reindex: bool, superuser: bool = False):
+        user = django_user_model.objects.create_user(
+            name, password="pw", is_staff=True, is_superuser=superuser
+        )
+        perms = ["view_product", "change_product", "view_productembedding"]
+        user.user_permissions.add(*Permission.objects.filter(codename__in=perms))
+        if reindex:
+            user.user_permissions.add(Permission.objects.get(codename="reindex"))
+        return user
+
+    return make
+
+
+def test_embedding_admin_lists_filters_and_searches(client, catalogue, staff, make_product):
+    make_product("Broken jar", b"not an image")
+    from visual_search import services
+
+    services.reindex("missing", inline=True)
+    client.force_login(staff("viewer", reindex=False))
+    url = reverse("admin:visual_search_productembedding_changelist")
+    page = client.get(url).content.decode()
+    assert "Broken jar" in page and "Banana" in page
+    failed = client.get(url, {"status__exact": "failed"}).content.decode()
+    assert "Broken jar" in failed and "Banana" not in failed
+    found = client.get(url, {"q": "Kiwi"}).content.decode()
+    assert "Kiwi" in found and "Banana" not in found
+
+
+def test_status_page(client, catalogue, staff, make_product):
+    make_product("Not yet", None)
+    client.force_login(staff("viewer", reindex=False))
+    page = client.get(reverse("admin:visual_search_productembedding_status")).content.decode()
+    assert "tf_efficientnet_lite0/package (current)" in page
+    assert 'id="vs-missing">1<' in page
+    assert "valid (" in page  # the HNSW index exists and is valid
+    assert "Reindex missing and failed" not in page  # no permission: no button
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_page_reindex_button(client, celery_worker, staff, make_product, photos):
+    product = make_product("Kiwi", photos("train", "Kiwi")[3])
+    ProductEmbedding.objects.filter(product_id=product.pk).delete()  # as if never embedded
+    url = reverse("admin:visual_search_productembedding_status")
+    client.force_login(staff("viewer", reindex=False))
+    assert client.post(url).status_code == 403
+    client.force_login(staff("manager", reindex=True))
+    assert "Reindex missing and failed" in client.get(url).content.decode()
+    response = client.post(url, follow=True)
+    assert "Queued 1 product(s) for embedding in 1 task(s)." in response.content.decode()
+    wait_for(
+        lambda: ProductEmbedding.objects.filter(product_id=product.pk, status="ready").exists(),
+        what="the queued product to be embedded by the worker",
+        log=celery_worker,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reindex_action_on_the_shops_product_admin(
+    client, celery_worker, staff, make_product, photos, settings
+):
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "ADMIN": {"CHUNK_SIZE": 2}}
+    products = [
+        make_product(name, photos("train", name)[1]) for name in ("Kiwi", "Lemon", "Banana")
+    ]
+    pks = [p.pk for p in products]
+    wait_for(
+        lambda: ProductEmbedding.objects.filter(product_id__in=pks, status="ready").count() == 3,
+        what="first embeddings",
+        log=celery_worker,
+    )
+    before = dict(
+        ProductEmbedding.objects.filter(product_id__in=pks).values_list("product_id", "updated_at")
+    )
+    data = {"action": "reindex_selected_products", "_selected_action": pks}
+    client.force_login(staff("clerk", reindex=False))
+    response = client.post(CHANGELIST, data, follow=True)
+    assert "You do not have permission to reindex" in response.content.decode()
+    client.force_login(staff("manager", reindex=True))
+    response = client.post(CHANGELIST, data, follow=True)
+    assert "Queued 3 product(s) for embedding in 2 task(s)." in response.content.decode()
+
+    def all_redone():
+        rows = ProductEmbedding.objects.filter(product_id__in=pks, status="ready")
+        return all(row.updated_at > before[row.product_id] for row in rows) and rows.count() == 3
+
+    wait_for(all_redone, what="forced re-embedding of the selected products", log=celery_worker)
+
+
+def test_changelist_status_column_filter_and_similar_preview(
+    client, catalogue, staff, make_product
+):
+    make_product("Not yet", None)
+    client.force_login(staff("viewer", reindex=False))
+    ready = client.get(CHANGELIST, {"visual_search": "ready"}).content.decode()
+    assert "Banana" in ready and "Not yet" not in ready
+    missing = client.get(CHANGELIST, {"visual_search": "missing"}).content.decode()
+    assert "Not yet" in missing and "Banana" not in missing
+    change = client.get(reverse("admin:catalog_product_change", args=[catalogue["Kiwi"].pk]))
+    html = change.content.decode()
+    assert "Similar products (visual search)" in html and html.count("vs-carousel__item") == 3
+
+
+def test_action_is_registered_onto_an_unmodified_admin():
+    from django.contrib import admin
+
+    from visual_search.admin_actions import register_reindex_action
+
+    class PlainProductAdmin(admin.ModelAdmin):
+        pass
+
+    site = admin.AdminSite(name="plain")
+    from shop_demo.catalog.models import Product
+
+    site.register(Product, PlainProductAdmin)
+    assert register_reindex_action(site)
+    assert reindex_selected_products in site._registry[Product].actions
+
+
+def test_non_staff_cannot_reach_the_admin_pages(client, django_user_model):
+    user = django_user_model.objects.create_user("shopper", password="pw")
+    client.force_login(user)
+    response = client.get(reverse("admin:visual_search_productembedding_status"))
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    assert ProductEmbedding.objects.count() == 0

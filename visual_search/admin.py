@@ -1,0 +1,173 @@
+"""Admin for the app's own tables and the index status page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils.html import format_html
+
+from visual_search import services
+from visual_search.admin_actions import can_reindex, queue_and_report
+from visual_search.conf import vs_settings
+from visual_search.indexing import index_state
+from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search.models_registry import get_product_model
+
+
+class ProductSearchMixin:
+    """Search embeddings by the product fields the shop's ProductAdmin searches (or by key)."""
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:
+        queryset, duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term:
+            product_admin = admin.site._registry.get(get_product_model())
+            fields = list(getattr(product_admin, "search_fields", None) or [])
+            products = get_product_model()._default_manager.all()
+            if fields and product_admin is not None:
+                products, _ = product_admin.get_search_results(request, products, search_term)
+            else:
+                products = (
+                    products.filter(pk__in=[search_term])
+                    if search_term.isdigit()
+                    else products.none()
+                )
+            queryset = queryset | self.model.objects.filter(product__in=products.values("pk"))
+        return queryset, duplicates
+
+
+@admin.register(ProductEmbedding)
+class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
+    list_display = [
+        "product",
+        "image_key",
+        "space",
+        "status_badge",
+        "short_error",
+        "attempts",
+        "updated_at",
+    ]
+    list_filter = ["status", "space"]
+    list_select_related = ["product"]
+    search_fields = ["image_key"]
+    readonly_fields = [
+        "product",
+        "space",
+        "image_key",
+        "content_hash",
+        "status",
+        "error",
+        "attempts",
+        "created_at",
+        "updated_at",
+    ]
+    exclude = ["embedding"]
+    actions = ["reindex_products"]
+    date_hierarchy = "updated_at"
+    change_list_template = "admin/visual_search/productembedding/change_list.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows are computed by the pipeline, never typed in
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: ProductEmbedding) -> str:
+        colours = {"ready": "#15803d", "pending": "#b45309", "failed": "#b91c1c"}
+        return format_html(
+            '<strong style="color:{}">{}</strong>', colours[obj.status], obj.get_status_display()
+        )
+
+    @admin.display(description="error")
+    def short_error(self, obj: ProductEmbedding) -> str:
+        return obj.error[:120]
+
+    @admin.action(description="Reindex the products of the selected rows")
+    def reindex_products(self, request: HttpRequest, queryset: QuerySet) -> None:
+        pks = list(queryset.values_list("product_id", flat=True).distinct())
+        queue_and_report(self, request, pks)
+
+    def get_urls(self) -> list:
+        info = self.model._meta.app_label, self.model._meta.model_name
+        return [
+            path(
+                "status/",
+                self.admin_site.admin_view(self.status_view),
+                name="{}_{}_status".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def status_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not can_reindex(request):
+                raise PermissionDenied
+            pks = list(services.products_to_reindex("missing")) + list(
+                services.products_to_reindex("failed")
+            )
+            queue_and_report(self, request, list(dict.fromkeys(pks)))
+            return HttpResponseRedirect(request.path)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Visual search index status",
+            "opts": self.model._meta,
+            "report": status_report(),
+            "can_reindex": can_reindex(request),
+        }
+        return TemplateResponse(request, "admin/visual_search/status.html", context)
+
+
+def status_report() -> dict[str, Any]:
+    """What the status page and the status command show."""
+    current = services.current_space_name()
+    counts = services.status_counts()
+    counts.setdefault(current, {s: 0 for s in EmbeddingStatus.values})
+    spaces = []
+    for name, by_status in sorted(counts.items()):
+        space = EmbeddingSpace.objects.filter(name=name).first()
+        state = index_state(name)
+        spaces.append(
+            {
+                "name": name,
+                "current": name == current,
+                "dimension": space.dimension if space else None,
+                "counts": by_status,
+                "index": state,
+            }
+        )
+    return {
+        "current_space": current,
+        "products": get_product_model()._default_manager.count(),
+        "missing": services.products_to_reindex("missing").count(),
+        "spaces": spaces,
+        "last_errors": list(
+            ProductEmbedding.objects.filter(status=EmbeddingStatus.FAILED)
+            .select_related("product")
+            .order_by("-updated_at")[:10]
+        ),
+        "runtime": vs_settings.ENCODER.get("RUNTIME"),
+    }
+
+
+@admin.register(EmbeddingSpace)
+class EmbeddingSpaceAdmin(admin.ModelAdmin):
+    list_display = ["name", "dimension", "created_at", "index_health"]
+    readonly_fields = ["name", "dimension", "encoder", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="HNSW index")
+    def index_health(self, obj: EmbeddingSpace) -> str:
+        state = index_state(obj.name)
+        if not state.exists:
+            return "missing"
+        return f"{'valid' if state.valid else 'INVALID'}, {state.size_bytes // 1024} kB"

@@ -1,0 +1,79 @@
+"""For the shop's own ProductAdmin: a status column and filter, the reindex action and a
+"similar products" preview on the change page.
+
+    class ProductAdmin(VisualSearchAdminMixin, admin.ModelAdmin): ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import HttpRequest
+
+from visual_search.admin_actions import reindex_selected_products
+from visual_search.models import EmbeddingStatus, ProductEmbedding
+from visual_search.spaces import current_space_name
+
+STATUSES = {
+    "failed": Q(vs_failed=True),
+    "pending": Q(vs_failed=False, vs_pending=True),
+    "ready": Q(vs_failed=False, vs_pending=False, vs_ready=True),
+    "missing": Q(vs_failed=False, vs_pending=False, vs_ready=False),
+}
+
+
+def annotate_status(queryset: QuerySet) -> QuerySet:
+    rows = ProductEmbedding.objects.filter(product_id=OuterRef("pk"), space_id=current_space_name())
+    return queryset.annotate(
+        vs_failed=Exists(rows.filter(status=EmbeddingStatus.FAILED)),
+        vs_pending=Exists(rows.filter(status=EmbeddingStatus.PENDING)),
+        vs_ready=Exists(rows.filter(status=EmbeddingStatus.READY)),
+    )
+
+
+def status_of(product: Any) -> str:
+    """The status of a product annotated by annotate_status (same precedence as STATUSES)."""
+    for flag, name in (("vs_failed", "failed"), ("vs_pending", "pending"), ("vs_ready", "ready")):
+        if getattr(product, flag, False):
+            return name
+    return "missing"
+
+
+class EmbeddingStatusFilter(admin.SimpleListFilter):
+    title = "visual search"
+    parameter_name = "visual_search"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name.capitalize()) for name in STATUSES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        if self.value() in STATUSES:
+            return annotate_status(queryset).filter(STATUSES[self.value()])
+        return None
+
+
+class VisualSearchAdminMixin:
+    change_form_template = "admin/visual_search/product_change_form.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return annotate_status(super().get_queryset(request))
+
+    def get_list_display(self, request: HttpRequest) -> list:
+        return [*super().get_list_display(request), "visual_search_status"]
+
+    def get_list_filter(self, request: HttpRequest) -> list:
+        return [*super().get_list_filter(request), EmbeddingStatusFilter]
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        name = reindex_selected_products.__name__
+        actions.setdefault(
+            name, (reindex_selected_products, name, reindex_selected_products.short_description)
+        )
+        return actions
+
+    @admin.display(description="visual search")
+    def visual_search_status(self, product: Any) -> str:
+        return status_of(product)

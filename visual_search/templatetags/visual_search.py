@@ -1,0 +1,49 @@
+"""{% load visual_search %}: similar products for product pages, never breaking the page."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django import template
+from django.core.files.storage import default_storage
+
+from visual_search.cache import cached_similar
+
+register = template.Library()
+logger = logging.getLogger(__name__)
+
+
+def _safe_similar(product: Any, k: int) -> list[Any]:
+    if product is None or getattr(product, "pk", None) is None:
+        return []
+    try:
+        return cached_similar(product, int(k))
+    except Exception:  # a page must render even when search is down
+        logger.exception("visual_search: similar products of %r failed", product)
+        return []
+
+
+@register.simple_tag
+def similar_products(product: Any, k: int = 8) -> list[Any]:
+    """``{% similar_products product 8 as items %}``: SearchResult objects (product, score,
+    image_key), best first; empty when the product has no embedding yet or on any error."""
+    return _safe_similar(product, k)
+
+
+@register.inclusion_tag("visual_search/carousel.html")
+def similar_products_carousel(product: Any, k: int = 8, title: str = "Similar items") -> dict:
+    """A scroll-snap carousel of similar products (override visual_search/carousel.html)."""
+    items = [
+        {"result": result, "product": result.product, "image_url": _image_url(result.image_key)}
+        for result in _safe_similar(product, k)
+    ]
+    return {"items": items, "title": title, "product": product}
+
+
+def _image_url(key: str) -> str:
+    """The matched image's URL when the key is a storage name (FileField galleries)."""
+    try:
+        return default_storage.url(key)
+    except Exception:
+        return ""
