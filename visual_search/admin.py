@@ -14,9 +14,8 @@ from django.utils.html import format_html
 
 from visual_search import services
 from visual_search.admin_actions import can_reindex, queue_and_report
-from visual_search.conf import vs_settings
 from visual_search.indexing import index_state
-from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search.models import EmbeddingSpace, ProductEmbedding
 from visual_search.models_registry import get_product_model
 
 
@@ -119,42 +118,10 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": "Visual search index status",
             "opts": self.model._meta,
-            "report": status_report(),
+            "report": services.status_report(),
             "can_reindex": can_reindex(request),
         }
         return TemplateResponse(request, "admin/visual_search/status.html", context)
-
-
-def status_report() -> dict[str, Any]:
-    """What the status page and the status command show."""
-    current = services.current_space_name()
-    counts = services.status_counts()
-    counts.setdefault(current, {s: 0 for s in EmbeddingStatus.values})
-    spaces = []
-    for name, by_status in sorted(counts.items()):
-        space = EmbeddingSpace.objects.filter(name=name).first()
-        state = index_state(name)
-        spaces.append(
-            {
-                "name": name,
-                "current": name == current,
-                "dimension": space.dimension if space else None,
-                "counts": by_status,
-                "index": state,
-            }
-        )
-    return {
-        "current_space": current,
-        "products": get_product_model()._default_manager.count(),
-        "missing": services.products_to_reindex("missing").count(),
-        "spaces": spaces,
-        "last_errors": list(
-            ProductEmbedding.objects.filter(status=EmbeddingStatus.FAILED)
-            .select_related("product")
-            .order_by("-updated_at")[:10]
-        ),
-        "runtime": vs_settings.ENCODER.get("RUNTIME"),
-    }
 
 
 @admin.register(EmbeddingSpace)

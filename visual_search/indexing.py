@@ -91,25 +91,27 @@ def ensure_index(space: EmbeddingSpace, *, rebuild: bool = False) -> float:
 
 
 def _build(space: EmbeddingSpace, state: IndexState, *, concurrently: str) -> float:
+    """Build under a temporary name, then swap: queries keep their index during a rebuild
+    (an invalid leftover is dropped first, it serves no query)."""
     hnsw = vs_settings.HNSW
     started = time.monotonic()
+    building = f"{state.name}_new"
     with connection.cursor() as cursor:
-        if state.exists:
+        if state.exists and not state.valid:
             cursor.execute(f'DROP INDEX {concurrently} IF EXISTS "{state.name}"')
+        cursor.execute(f'DROP INDEX {concurrently} IF EXISTS "{building}"')
         cursor.execute(
             "SELECT set_config('maintenance_work_mem', %s, false)",
             [str(hnsw["MAINTENANCE_WORK_MEM"])],
         )
         cursor.execute(
-            f'CREATE INDEX {concurrently} IF NOT EXISTS "{state.name}" ON {TABLE} '
+            f'CREATE INDEX {concurrently} "{building}" ON {TABLE} '
             f"USING hnsw ({vector_expression(space.dimension)} halfvec_cosine_ops) "
             f"WITH (m = {int(hnsw['M'])}, ef_construction = {int(hnsw['EF_CONSTRUCTION'])}) "
             f"WHERE {index_predicate(space.name)}"
         )
         cursor.execute("RESET maintenance_work_mem")
+        if state.exists and state.valid:
+            cursor.execute(f'DROP INDEX {concurrently} IF EXISTS "{state.name}"')
+        cursor.execute(f'ALTER INDEX "{building}" RENAME TO "{state.name}"')
     return time.monotonic() - started
-
-
-def drop_index(space: str) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP INDEX IF EXISTS "{index_name(space)}"')

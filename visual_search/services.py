@@ -19,6 +19,7 @@ from visual_search.conf import vs_settings
 from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import ProductNotFound, VisualSearchError
 from visual_search.images import Box, ImageSource, load_image
+from visual_search.indexing import index_state
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 from visual_search.pipeline import EmbedReport, embed_products, sync_gallery_rows
@@ -230,6 +231,38 @@ def status_counts() -> dict[str, dict[str, int]]:
     return counts
 
 
+def status_report() -> dict[str, Any]:
+    """What the status page and the status command show."""
+    current = current_space_name()
+    counts = status_counts()
+    counts.setdefault(current, {s: 0 for s in EmbeddingStatus.values})
+    spaces = []
+    for name, by_status in sorted(counts.items()):
+        space = EmbeddingSpace.objects.filter(name=name).first()
+        state = index_state(name)
+        spaces.append(
+            {
+                "name": name,
+                "current": name == current,
+                "dimension": space.dimension if space else None,
+                "counts": by_status,
+                "index": state,
+            }
+        )
+    return {
+        "current_space": current,
+        "products": get_product_model()._default_manager.count(),
+        "missing": products_to_reindex("missing").count(),
+        "spaces": spaces,
+        "last_errors": list(
+            ProductEmbedding.objects.filter(status=EmbeddingStatus.FAILED)
+            .select_related("product")
+            .order_by("-updated_at")[:10]
+        ),
+        "runtime": vs_settings.ENCODER.get("RUNTIME"),
+    }
+
+
 __all__ = [
     "ProductNotEmbedded",
     "SearchResult",
@@ -244,4 +277,5 @@ __all__ = [
     "search_by_image",
     "similar_products",
     "status_counts",
+    "status_report",
 ]

@@ -1,0 +1,74 @@
+"""Management commands: output, progress and exit codes."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from visual_search import services
+from visual_search.indexing import index_state
+from visual_search.models import ProductEmbedding
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_reindex_missing_inline_with_progress(make_product, photos):
+    products = [make_product(n, photos("train", n)[0]) for n in ("Kiwi", "Lemon", "Banana")]
+    out, _ = run("visual_search_reindex", "--missing", "--batch-size", "2")
+    assert "[####" in out and "2/3 products" in out and "3/3 products" in out
+    assert "Done: 3 embedded" in out
+    assert ProductEmbedding.objects.filter(status="ready").count() == len(products)
+    out, _ = run("visual_search_reindex")
+    assert "Nothing to do: no missing products." in out
+
+
+def test_reindex_fails_with_nonzero_exit_when_an_image_fails(make_product, photos):
+    make_product("Kiwi", photos("train", "Kiwi")[0])
+    make_product("Broken", b"definitely not a JPEG")
+    with pytest.raises(CommandError, match="1 image\\(s\\) could not be embedded"):
+        run("visual_search_reindex", "--all")
+    with pytest.raises(CommandError):
+        run("visual_search_reindex", "--failed")  # retried, fails again
+
+
+def test_reindex_rejects_bad_arguments(db):
+    with pytest.raises(CommandError, match="batch-size"):
+        run("visual_search_reindex", "--batch-size", "0")
+    with pytest.raises(CommandError, match="Unknown embedding space"):
+        run("visual_search_reindex", "--all", "--space", "nope/none")
+    with pytest.raises(CommandError):
+        run("visual_search_reindex", "--all", "--failed")  # mutually exclusive
+
+
+def test_status_and_check(catalogue, make_product):
+    out, _ = run("visual_search_status")
+    assert "tf_efficientnet_lite0/package (current): 4 ready, 0 pending, 0 failed" in out
+    assert "HNSW index valid" in out
+    run("visual_search_status", "--check")  # healthy: exit 0
+    make_product("Broken", b"nope")
+    services.reindex("missing", inline=True)
+    out, _ = run("visual_search_status")
+    assert "failed: product" in out and "not an image" in out
+    with pytest.raises(CommandError, match="1 failed embeddings"):
+        run("visual_search_status", "--check")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_index_command_builds_concurrently_and_rebuilds(catalogue):
+    out, _ = run("visual_search_index")
+    assert "already exists and is valid" in out
+    out, _ = run("visual_search_index", "--rebuild")
+    assert "Building" in out and "concurrently" in out and "Built vs_hnsw_" in out
+    state = index_state(services.current_space_name())
+    assert state.exists and state.valid
+    with pytest.raises(CommandError, match="no embeddings yet"):
+        run("visual_search_index", "--space", "other/space")

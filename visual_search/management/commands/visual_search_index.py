@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from visual_search.conf import vs_settings
+from visual_search.indexing import ensure_index, index_state
+from visual_search.models import EmbeddingSpace
+from visual_search.spaces import current_space_name
+
+
+class Command(BaseCommand):
+    help = "Create (or --rebuild) the HNSW index of an embedding space, concurrently."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--space", help="Embedding space (default: the configured encoder's).")
+        parser.add_argument("--rebuild", action="store_true", help="Drop and build it again.")
+
+    def handle(self, *args: Any, space: str | None, rebuild: bool, **options: Any) -> None:
+        name = space or current_space_name()
+        row = EmbeddingSpace.objects.filter(name=name).first()
+        if row is None or row.dimension is None:
+            raise CommandError(f"Space {name!r} has no embeddings yet; nothing to index.")
+        state = index_state(name)
+        if state.exists and state.valid and not rebuild:
+            self.stdout.write(
+                f"Index {state.name} already exists and is valid ({state.size_bytes // 1024} kB)."
+            )
+            return
+        hnsw = vs_settings.HNSW
+        self.stdout.write(
+            f"Building {state.name} concurrently (m={hnsw['M']}, ef_construction="
+            f"{hnsw['EF_CONSTRUCTION']}, maintenance_work_mem={hnsw['MAINTENANCE_WORK_MEM']})..."
+        )
+        seconds = ensure_index(row, rebuild=True)
+        state = index_state(name)
+        if not state.valid:
+            raise CommandError(f"The index {state.name} was not built correctly; run again.")
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Built {state.name} in {seconds:.2f} s ({state.size_bytes // 1024} kB)."
+            )
+        )

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from visual_search.services import status_report
+
+
+class Command(BaseCommand):
+    help = "Embedding counts per space and status, and the health of each HNSW index."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Exit non-zero when anything failed, is missing or the index is not valid.",
+        )
+
+    def handle(self, *args: Any, check: bool, **options: Any) -> None:
+        report = status_report()
+        self.stdout.write(
+            f"Products: {report['products']}; not embedded in the current space: "
+            f"{report['missing']}"
+        )
+        problems = []
+        for space in report["spaces"]:
+            counts, index = space["counts"], space["index"]
+            health = "missing" if not index.exists else ("valid" if index.valid else "INVALID")
+            marker = " (current)" if space["current"] else ""
+            self.stdout.write(
+                f"{space['name']}{marker}: {counts['ready']} ready, {counts['pending']} pending, "
+                f"{counts['failed']} failed; HNSW index {health}"
+                + (f", {index.size_bytes // 1024} kB" if index.exists else "")
+            )
+            if space["current"]:
+                if counts["failed"]:
+                    problems.append(f"{counts['failed']} failed embeddings")
+                if index.exists and not index.valid or not index.exists and counts["ready"]:
+                    problems.append(f"index {health}")
+        for row in report["last_errors"]:
+            self.stdout.write(f"  failed: product {row.product_id}, {row.image_key}: {row.error}")
+        if report["missing"]:
+            problems.append(f"{report['missing']} products not embedded")
+        if check and problems:
+            raise CommandError("; ".join(problems))
