@@ -15,6 +15,9 @@ DATA_DIR = Path(os.environ.get("VISUAL_SEARCH_DATA_DIR", BASE_DIR / ".devdata"))
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-demo-key-change-me")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+CSRF_TRUSTED_ORIGINS = [
+    o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -53,6 +56,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "shop_demo.catalog.context.indexing",
             ],
         },
     },
@@ -82,6 +86,7 @@ VISUAL_SEARCH_PRODUCT_MODEL = "catalog.Product"
 VISUAL_SEARCH = {
     "PRODUCT_IMAGES": "shop_demo.catalog.gallery.product_images",
     "IMAGE_MODELS": {"catalog.ProductImage": "product"},
+    "DISPLAY_IMAGE": "image",
     "API": {
         "FILTERS": {
             "category": "category__slug",
@@ -93,7 +98,9 @@ VISUAL_SEARCH = {
     "ENCODER": {
         "RUNTIME": os.environ.get("VISUAL_SEARCH_RUNTIME", "torch"),
         "THREADS": int(os.environ.get("VISUAL_SEARCH_THREADS", "2")),
+        "CACHE_DIR": os.environ.get("VISUAL_SEARCH_CACHE_DIR"),
     },
+    "CELERY": {"QUEUE": os.environ.get("VISUAL_SEARCH_QUEUE") or None},
 }
 
 LOGGING = {

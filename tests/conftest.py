@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from django.core.files.base import ContentFile
 from django.db import connection
 
+from visual_search import embedded
 from visual_search.models_registry import get_product_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,18 +84,6 @@ def make_product(db: None) -> ProductFactory:
     return make
 
 
-def _database_url() -> str:
-    settings = connection.settings_dict
-    auth = quote(settings["USER"] or "")
-    if settings["PASSWORD"]:
-        auth += ":" + quote(settings["PASSWORD"])
-    host = settings["HOST"] or ""
-    if host.startswith("/"):
-        return f"postgresql://{auth}@/{settings['NAME']}?host={quote(host)}"
-    port = f":{settings['PORT']}" if settings["PORT"] else ""
-    return f"postgresql://{auth}@{host}{port}/{settings['NAME']}"
-
-
 @pytest.fixture(scope="session")
 def celery_worker(
     django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any
@@ -104,7 +92,7 @@ def celery_worker(
     from django.conf import settings
 
     with django_db_blocker.unblock():
-        url = _database_url()
+        url = embedded.url_from_config(connection.settings_dict)
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {
         **os.environ,

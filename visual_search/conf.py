@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     # Models whose saves and deletes change a product's gallery, mapped to the attribute
     # that leads to the product, e.g. {"shop.ProductImage": "product"}.
     "IMAGE_MODELS": {},
+    # The picture the carousel shows for a result: None, the image that matched (a storage
+    # name); or the name of an image field on the product (e.g. its main "image").
+    "DISPLAY_IMAGE": None,
     # Re-embed a product after it (or one of IMAGE_MODELS) is saved. Off: use reindex.
     "AUTO_EMBED": True,
     "ENCODER": {

@@ -16,15 +16,22 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+
+def _pgserver() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs' note about XDG_RUNTIME_DIR being unset
+        import pgserver
+        import pgserver._commands
+        import pgserver.postgres_server
+    return pgserver
 
 
 def start_postgres(datadir: Path) -> str:
     """Start (or reuse) the server in ``datadir/postgres``; returns its URL."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs' note about XDG_RUNTIME_DIR being unset
-            import pgserver
+        pgserver = _pgserver()
     except ImportError as exc:
         raise RuntimeError(
             "No DATABASE_URL is set and the embedded PostgreSQL is not installed: "
@@ -41,15 +48,12 @@ def stop_postgres(datadir: Path) -> None:
     pgdata = Path(datadir) / "postgres"
     if not (pgdata / "postmaster.pid").exists():
         return
-    from pgserver._commands import pg_ctl
-    from pgserver.postgres_server import PostgresServer
-
+    pgserver = _pgserver()
     user = "pgserver" if os.geteuid() == 0 else None
     try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     except subprocess.CalledProcessError:
         pass  # already stopped
-    PostgresServer._instances.pop(pgdata, None)
 
 
 def _redis_binary() -> str:
@@ -152,6 +156,18 @@ def database_config(url: str, **extra: Any) -> dict[str, Any]:
         "PORT": str(parsed.port or ""),
         **extra,
     }
+
+
+def url_from_config(config: dict[str, Any]) -> str:
+    """The postgresql:// URL of a Django DATABASES entry (for child processes)."""
+    auth = quote(config.get("USER") or "")
+    if config.get("PASSWORD"):
+        auth += ":" + quote(config["PASSWORD"])
+    host = config.get("HOST") or ""
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{quote(config['NAME'])}?host={quote(host)}"
+    port = f":{config['PORT']}" if config.get("PORT") else ""
+    return f"postgresql://{auth}@{host}{port}/{quote(config['NAME'])}"
 
 
 def database_url(datadir: Path) -> str:

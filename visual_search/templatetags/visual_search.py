@@ -9,6 +9,7 @@ from django import template
 from django.core.files.storage import default_storage
 
 from visual_search.cache import cached_similar
+from visual_search.conf import vs_settings
 
 register = template.Library()
 logger = logging.getLogger(__name__)
@@ -35,15 +36,19 @@ def similar_products(product: Any, k: int = 8) -> list[Any]:
 def similar_products_carousel(product: Any, k: int = 8, title: str = "Similar items") -> dict:
     """A scroll-snap carousel of similar products (override visual_search/carousel.html)."""
     items = [
-        {"result": result, "product": result.product, "image_url": _image_url(result.image_key)}
+        {"result": result, "product": result.product, "image_url": _image_url(result)}
         for result in _safe_similar(product, k)
     ]
     return {"items": items, "title": title, "product": product}
 
 
-def _image_url(key: str) -> str:
-    """The matched image's URL when the key is a storage name (FileField galleries)."""
+def _image_url(result: Any) -> str:
+    """The DISPLAY_IMAGE field's URL, else the matched image's (a storage name)."""
     try:
-        return default_storage.url(key)
+        field = vs_settings.DISPLAY_IMAGE
+        if field:
+            image = getattr(result.product, field, None)
+            return image.url if image else ""
+        return default_storage.url(result.image_key)
     except Exception:
         return ""

@@ -1,0 +1,88 @@
+"""The demo shop's pages. Visual search is used only through its public services and tags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+
+from shop_demo.catalog.models import Category, Product
+from visual_search import services
+from visual_search.exceptions import UnusableImage
+
+RESULTS = 12
+
+
+def catalogue(request: HttpRequest) -> HttpResponse:
+    products = Product.objects.select_related("category")
+    query = request.GET.get("q", "").strip()
+    category = request.GET.get("category", "")
+    if query:
+        products = products.filter(Q(name__icontains=query) | Q(description__icontains=query))
+    if category:
+        products = products.filter(category__slug=category)
+    page = Paginator(products, 24).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "catalog/catalogue.html",
+        {
+            "page": page,
+            "query": query,
+            "category": category,
+            "categories": Category.objects.all(),
+        },
+    )
+
+
+def product_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    product = get_object_or_404(Product.objects.select_related("category"), slug=slug)
+    return render(
+        request,
+        "catalog/product.html",
+        {
+            "product": product,
+            "gallery": product.gallery.all(),
+        },
+    )
+
+
+def search_by_photo(request: HttpRequest) -> HttpResponse:
+    context: dict[str, Any] = {"categories": Category.objects.all(), "category": ""}
+    if request.method == "POST":
+        context["category"] = category = request.POST.get("category", "")
+        upload = request.FILES.get("image")
+        products = Product.objects.all()
+        if category:
+            products = products.filter(category__slug=category)
+        if upload is None:
+            context["error"] = "Choose a photo of a product first."
+        else:
+            try:
+                context["results"] = services.search_by_image(
+                    upload, k=RESULTS, queryset=products, box=_box(request.POST.get("box"))
+                )
+            except UnusableImage as exc:
+                context["error"] = (
+                    f"We could not use that file: {exc} Try a JPEG or PNG photo of the product."
+                )
+            context["searched"] = True
+    status = 400 if context.get("error") else 200
+    return render(request, "catalog/search.html", context, status=status)
+
+
+def _box(value: str | None) -> tuple[float, ...] | None:
+    if not value:
+        return None
+    try:
+        box = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        return None
+    return box if len(box) == 4 else None
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    Product.objects.exists()  # the database answers
+    return JsonResponse({"ok": True})

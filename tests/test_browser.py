@@ -1,0 +1,151 @@
+"""The demo shop in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Screenshots go to artifacts/screenshots/ (git-ignored) so a person can look at the pages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from tests.conftest import REPO, grocery_photos
+from visual_search import services
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+SHOTS = REPO / "artifacts" / "screenshots"
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CLASSES = [
+    "Arla-Standard-Milk",
+    "Arla-Medium-Fat-Milk",
+    "Arla-Lactose-Medium-Fat-Milk",
+    "Garant-Ecological-Standard-Milk",
+    "Golden-Delicious",
+    "Granny-Smith",
+    "Pink-Lady",
+    "Royal-Gala",
+    "Banana",
+    "Kiwi",
+    "Lemon",
+    "Tropicana-Apple-Juice",
+]
+MILK = {"Arla Medium Fat Milk", "Arla Lactose Medium Fat Milk", "Garant Ecological Standard Milk"}
+
+
+@pytest.fixture
+def shop(live_server, settings):
+    """The demo catalogue (a dozen products) loaded and embedded, served by a live server."""
+    settings.DEBUG = True  # the live server serves media files as runserver would
+    call_command("load_demo_catalog", "--only", ",".join(CLASSES), verbosity=0)
+    services.reindex("missing", inline=True)
+    return live_server.url
+
+
+@pytest.fixture
+def page(shop):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"Chromium not found at {CHROMIUM}: apt-get install chromium"
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs a loop here
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        yield page
+        browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+def screenshot(page, name: str) -> None:
+    page.wait_for_load_state("networkidle")
+    page.evaluate(  # lazy images load when scrolled near: scroll through the page first
+        "async () => { for (let y = 0; y < document.body.scrollHeight; y += 300) {"
+        " window.scrollTo(0, y); await new Promise(r => setTimeout(r, 60)); }"
+        " window.scrollTo(0, 0); }"
+    )
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_search_by_an_unseen_in_store_photo(page, shop):
+    page.goto(f"{shop}/search/")
+    photo = grocery_photos("val", "Arla-Standard-Milk")[1]  # a validation photo, not in the shop
+    page.set_input_files("#image", str(photo))
+    page.wait_for_selector("#preview:not([hidden])")
+    screenshot(page, "search-preview")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#results")
+    names = page.locator("#results .card-name").all_inner_texts()
+    assert "Arla Standard Milk" in names[:3], names
+    assert page.locator("#results .score").first.inner_text().endswith("% match")
+    screenshot(page, "search-results")
+
+
+def test_crop_box_drawn_on_the_preview_is_sent(page, shop):
+    page.goto(f"{shop}/search/")
+    page.set_input_files("#image", str(grocery_photos("val", "Banana")[0]))
+    page.wait_for_selector("#preview:not([hidden])")
+    box = page.locator("#box-canvas").bounding_box()
+    page.mouse.move(box["x"] + 10, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 10, box["y"] + box["height"] - 10, steps=5)
+    page.mouse.up()
+    value = page.input_value("#box")
+    left, top, right, bottom = (int(v) for v in value.split(","))
+    assert 0 < left < right and 0 < top < bottom
+    page.click("button[type=submit]")
+    page.wait_for_selector("#results")
+    assert "Banana" in page.locator("#results .card-name").all_inner_texts()[:3]
+
+
+def test_product_page_shows_a_carousel_of_the_same_category(page, shop):
+    page.goto(f"{shop}/p/arla-standard-milk/")
+    carousel = page.locator(".vs-carousel__item")
+    assert carousel.count() >= 3
+    names = page.locator(".vs-carousel__name").all_inner_texts()
+    assert "Arla Standard Milk" not in names
+    assert len(MILK & set(names[:4])) >= 2, names
+    assert page.locator(".vs-carousel__list").get_attribute("tabindex") == "0"
+    screenshot(page, "product-page")
+
+
+def test_catalogue_filters_and_text_search(page, shop):
+    page.goto(f"{shop}/")
+    assert page.locator("#products .card").count() == len(CLASSES)
+    page.click("nav.categories >> text=Milk")
+    assert set(page.locator("#products .card-name").all_inner_texts()) == MILK | {
+        "Arla Standard Milk"
+    }
+    page.fill("#q", "kiwi")
+    page.press("#q", "Enter")
+    assert page.locator("#products .card-name").all_inner_texts() == ["Kiwi"]
+    page.goto(f"{shop}/")
+    assert page.locator("a[href='/admin/']").is_visible()
+    screenshot(page, "catalogue")
+
+
+def test_an_unusable_file_shows_a_helpful_message(page, shop, tmp_path):
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is a text file, not a photo")
+    page.goto(f"{shop}/search/")
+    page.set_input_files("#image", str(fake))
+    page.click("button[type=submit]")
+    error = page.locator("#search-error")
+    error.wait_for()
+    assert "could not use that file" in error.inner_text()
+    assert "not an image" in error.inner_text()
+    screenshot(page, "search-error")
