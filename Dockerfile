@@ -15,7 +15,7 @@ RUN pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch>=2.4" "torchvi
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY visual_search ./visual_search
-RUN pip install ".[celery,api,onnx]" "gunicorn>=22"
+RUN pip install ".[celery,api]" "gunicorn>=22"
 COPY shop_demo ./shop_demo
 COPY manage.py ./
 

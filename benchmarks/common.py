@@ -23,12 +23,22 @@ def setup_django(fresh: bool = True) -> None:
     from django.conf import settings
 
     db = settings.DATABASES["default"]
-    admin = {k: v for k, v in {"host": db["HOST"], "port": db["PORT"], "user": db["USER"],
-                                "password": db["PASSWORD"]}.items() if v}
+    admin = {
+        k: v
+        for k, v in {
+            "host": db["HOST"],
+            "port": db["PORT"],
+            "user": db["USER"],
+            "password": db["PASSWORD"],
+        }.items()
+        if v
+    }
     with psycopg.connect(dbname="postgres", autocommit=True, **admin) as conn:
         if fresh:
             conn.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]
+        ).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
     import django
@@ -53,22 +63,37 @@ def machine() -> dict[str, Any]:
         memory = f"{kb / 1024 / 1024:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "memory": memory,
-            "python": platform.python_version(), "commit": _commit()}
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "python": platform.python_version(),
+        "commit": _commit(),
+    }
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "command": " ".join(sys.argv), "machine": machine(),
-               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
+    payload = {
+        "benchmark": name,
+        "command": " ".join(sys.argv),
+        "machine": machine(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **payload,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nresults written to {path.relative_to(REPO)}")
@@ -80,9 +105,14 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
     widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     for row in rows:
-        lines.append("| " + " | ".join(fmt(row.get(c, "")).ljust(w)
-                                        for c, w in zip(columns, widths, strict=True)) + " |")
+        lines.append(
+            "| "
+            + " | ".join(fmt(row.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True))
+            + " |"
+        )
     return "\n".join(lines)

@@ -17,7 +17,6 @@ import csv
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import common
 
@@ -33,26 +32,45 @@ def read_split(data: Path, split: str) -> list[tuple[str, str]]:
 
 def read_classes(data: Path) -> list[dict[str, str]]:
     with open(data / "classes.csv", newline="") as handle:
-        return [{"name": r["Class Name (str)"], "id": r["Class ID (int)"],
-                 "iconic": r["Iconic Image Path (str)"].lstrip("/")} for r in csv.DictReader(handle)]
+        return [
+            {
+                "name": r["Class Name (str)"],
+                "id": r["Class ID (int)"],
+                "iconic": r["Iconic Image Path (str)"].lstrip("/"),
+            }
+            for r in csv.DictReader(handle)
+        ]
 
 
 def metrics(ranks: list[int | None]) -> dict[str, float]:
     n = len(ranks)
     hit = lambda k: sum(1 for r in ranks if r is not None and r <= k) / n  # noqa: E731
-    return {"R@1": hit(1), "R@5": hit(5), "R@10": hit(10),
-            # one relevant product per query: AP@10 is 1/rank within the top 10
-            "mAP@10": sum(1 / r for r in ranks if r is not None and r <= 10) / n}
+    return {
+        "R@1": hit(1),
+        "R@5": hit(5),
+        "R@10": hit(10),
+        # one relevant product per query: AP@10 is 1/rank within the top 10
+        "mAP@10": sum(1 / r for r in ranks if r is not None and r <= 10) / n,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=common.REPO.parent / "shared" / "data" / "grocery")
-    parser.add_argument("--gallery", action="append",
-                        help="gallery variant: 'iconic' plus splits, e.g. iconic,train (repeatable; "
-                             "default: iconic and iconic,train)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=common.REPO.parent / "shared" / "data" / "grocery"
+    )
+    parser.add_argument(
+        "--gallery",
+        action="append",
+        help="gallery variant: 'iconic' plus splits, e.g. iconic,train (repeatable; "
+        "default: iconic and iconic,train)",
+    )
     parser.add_argument("--queries", default="val", help="split whose photos are the queries")
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N queries (0: all)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="use only the first N queries (0: all)"
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--output", default="retrieval", help="results/<name>.json")
     args = parser.parse_args()
@@ -79,8 +97,10 @@ def main() -> None:
         products[entry["id"]] = product
     by_pk = {p.pk: fine for fine, p in products.items()}
     encoder = get_encoder()
-    print(f"{len(products)} products, {len(queries)} queries ({args.queries}), encoder {encoder.space} "
-          f"({getattr(encoder, 'runtime', '?')})")
+    print(
+        f"{len(products)} products, {len(queries)} queries ({args.queries}), encoder {encoder.space} "
+        f"({getattr(encoder, 'runtime', '?')})"
+    )
 
     added: set[str] = set()
     rows, timings = [], {}
@@ -105,9 +125,14 @@ def main() -> None:
         report = services.embed_many(list(by_pk))
         seconds = time.monotonic() - started
         gallery_size = services.status_counts()[encoder.space]["ready"]
-        timings[variant] = {"embedded": report.embedded, "seconds": round(seconds, 1),
-                            "images_per_second": round(report.embedded / seconds, 1) if seconds else None}
-        print(f"gallery {variant}: {gallery_size} images ({report.embedded} embedded in {seconds:.1f} s)")
+        timings[variant] = {
+            "embedded": report.embedded,
+            "seconds": round(seconds, 1),
+            "images_per_second": round(report.embedded / seconds, 1) if seconds else None,
+        }
+        print(
+            f"gallery {variant}: {gallery_size} images ({report.embedded} embedded in {seconds:.1f} s)"
+        )
         for mode in ("hnsw", "exact"):
             ranks, latencies = [], []
             for path, fine in queries:
@@ -121,16 +146,34 @@ def main() -> None:
             with connection.cursor() as cursor:
                 cursor.execute("RESET enable_indexscan")
             latencies.sort()
-            row = {"gallery": variant, "gallery_images": gallery_size, "search": mode,
-                   **metrics(ranks), "p50_ms": latencies[len(latencies) // 2] * 1000}
+            row = {
+                "gallery": variant,
+                "gallery_images": gallery_size,
+                "search": mode,
+                **metrics(ranks),
+                "p50_ms": latencies[len(latencies) // 2] * 1000,
+            }
             rows.append(row)
             print(common.table([row], list(row)))
 
-    print("\n" + common.table(rows, ["gallery", "gallery_images", "search", "R@1", "R@5", "R@10",
-                                     "mAP@10", "p50_ms"]))
-    common.save(args.output, {"data": str(args.data), "queries": args.queries, "n_queries": len(queries),
-                              "encoder": encoder.describe(), "runtime": getattr(encoder, "runtime", None),
-                              "embedding": timings, "results": rows})
+    print(
+        "\n"
+        + common.table(
+            rows, ["gallery", "gallery_images", "search", "R@1", "R@5", "R@10", "mAP@10", "p50_ms"]
+        )
+    )
+    common.save(
+        args.output,
+        {
+            "data": str(args.data),
+            "queries": args.queries,
+            "n_queries": len(queries),
+            "encoder": encoder.describe(),
+            "runtime": getattr(encoder, "runtime", None),
+            "embedding": timings,
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from pathlib import Path
 from shop_demo.settings import *  # noqa: F403
 
 DATABASES["default"]["NAME"] = os.environ.get("VISUAL_SEARCH_BENCH_DB", "visual_search_bench")  # noqa: F405
-MEDIA_ROOT = Path(os.environ.get("VISUAL_SEARCH_BENCH_MEDIA") or tempfile.mkdtemp(prefix="vs-bench-"))
+MEDIA_ROOT = Path(
+    os.environ.get("VISUAL_SEARCH_BENCH_MEDIA") or tempfile.mkdtemp(prefix="vs-bench-")
+)
 VISUAL_SEARCH["AUTO_EMBED"] = False  # noqa: F405 - the benchmarks embed explicitly
 LOGGING = {"version": 1, "disable_existing_loggers": False}

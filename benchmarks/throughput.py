@@ -16,9 +16,15 @@ import common
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=common.REPO.parent / "shared" / "data" / "grocery")
-    parser.add_argument("--images", type=int, default=96, help="real photos to encode per measurement")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=common.REPO.parent / "shared" / "data" / "grocery"
+    )
+    parser.add_argument(
+        "--images", type=int, default=96, help="real photos to encode per measurement"
+    )
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--runtimes", default="torch,torch_bf16,onnx")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -45,7 +51,9 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     rows, reference = [], None
     for runtime in args.runtimes.split(","):
-        encoder = TimmEncoder(model=args.model, runtime=runtime, threads=args.threads, batch_size=32)
+        encoder = TimmEncoder(
+            model=args.model, runtime=runtime, threads=args.threads, batch_size=32
+        )
         encoder.encode(pictures[:2])  # load, export (onnx) and warm up
         vectors = encoder.encode(pictures)
         if reference is None:
@@ -59,15 +67,29 @@ def main() -> None:
             started = time.perf_counter()
             encoder.encode([load_image(p) for p in paths])  # read + decode + preprocess + model
             e2e_rate = len(paths) / (time.perf_counter() - started)
-            row = {"runtime": runtime, "batch": batch, "images_per_s": round(model_rate, 1),
-                   "end_to_end_images_per_s": round(e2e_rate, 1),
-                   "cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean())}
+            row = {
+                "runtime": runtime,
+                "batch": batch,
+                "images_per_s": round(model_rate, 1),
+                "end_to_end_images_per_s": round(e2e_rate, 1),
+                "cosine_min": float(cosine.min()),
+                "cosine_mean": float(cosine.mean()),
+            }
             rows.append(row)
             print(common.table([row], list(row)))
-    columns = ["runtime", "batch", "images_per_s", "end_to_end_images_per_s", "cosine_min", "cosine_mean"]
+    columns = [
+        "runtime",
+        "batch",
+        "images_per_s",
+        "end_to_end_images_per_s",
+        "cosine_min",
+        "cosine_mean",
+    ]
     print("\n" + common.table(rows, columns))
-    common.save(args.output, {"model": args.model, "threads": args.threads, "images": len(paths),
-                              "results": rows})
+    common.save(
+        args.output,
+        {"model": args.model, "threads": args.threads, "images": len(paths), "results": rows},
+    )
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ VISUAL_SEARCH = {
         },
     },
     "ENCODER": {
-        "RUNTIME": os.environ.get("VISUAL_SEARCH_RUNTIME", "torch"),
+        "RUNTIME": os.environ.get("VISUAL_SEARCH_RUNTIME", "onnx"),
         "THREADS": int(os.environ.get("VISUAL_SEARCH_THREADS", "2")),
         "CACHE_DIR": os.environ.get("VISUAL_SEARCH_CACHE_DIR"),
     },

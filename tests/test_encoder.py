@@ -20,7 +20,9 @@ def pictures():
 
 @pytest.fixture(scope="module")
 def encoder():
-    return TimmEncoder(model="tf_efficientnet_lite0", weights="package", batch_size=3)
+    return TimmEncoder(
+        model="tf_efficientnet_lite0", weights="package", runtime="torch", batch_size=3
+    )
 
 
 def test_packaged_weights_classify_a_banana_photo():
@@ -63,7 +65,7 @@ def test_local_checkpoint_file(encoder, pictures, tmp_path):
     torch.save(
         load_timm_model("tf_efficientnet_lite0", "package", num_classes=1000).state_dict(), path
     )
-    local = TimmEncoder(model="tf_efficientnet_lite0", weights=str(path))
+    local = TimmEncoder(model="tf_efficientnet_lite0", weights=str(path), runtime="torch")
     assert local.space == "tf_efficientnet_lite0/lite0-finetuned"
     assert np.allclose(local.encode(pictures[:1]), encoder.encode(pictures[:1]), atol=1e-5)
 

@@ -37,9 +37,10 @@ DEFAULTS: dict[str, Any] = {
         # (offline); "hub": timm's pretrained weights from the model hub; or a path to a
         # local checkpoint file (a state_dict saved with torch.save).
         "WEIGHTS": "package",
-        # "torch" (fp32), "torch_bf16" (channels_last + bfloat16 autocast) or "onnx"
-        # (exported once to CACHE_DIR and run by onnxruntime).
-        "RUNTIME": "torch",
+        # "onnx" (exported once to CACHE_DIR, run by onnxruntime: 4x torch fp32 at batch 32,
+        # same vectors), "torch" (fp32) or "torch_bf16" (channels_last + bfloat16 autocast:
+        # fastest, but cosine 0.997 to fp32). See docs/benchmarks.md.
+        "RUNTIME": "onnx",
         "BATCH_SIZE": 32,
         # Threads per process for torch / onnxruntime; None leaves the library default.
         "THREADS": None,

@@ -140,7 +140,7 @@ class TimmEncoder:
         *,
         model: str,
         weights: str = "package",
-        runtime: str = "torch",
+        runtime: str = "onnx",
         batch_size: int = 32,
         threads: int | None = None,
         cache_dir: str | None = None,

@@ -1,0 +1,222 @@
+"""Query latency and recall at scale: synthetic embeddings that behave like real ones
+(clustered, with a decaying spectrum; uniform random vectors make HNSW look broken), 1280-dim
+halfvec, N products. Measures the HNSW build time and index size, then p50/p99 latency of
+visual_search.services.similar_products through the service layer, with and without a shop
+filter matching ~1.6 % of products, recall@10 against an exact scan, and an ef_search sweep.
+
+    python benchmarks/scale.py --products 100000
+    python benchmarks/scale.py --products 1000000 --queries 100     # about an hour on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+
+import common
+
+DIM = 1280
+CATEGORIES = 64  # one category is ~1.6 % of the products: the "selective filter"
+
+
+def synthetic(n: int, rng, clusters: int, chunk: int):
+    """Yield float16 unit vectors in chunks: cluster centres with a power-law spectrum plus noise."""
+    import numpy as np
+
+    scale = (np.arange(1, DIM + 1) ** -0.6).astype(np.float32)
+    centres = rng.standard_normal((clusters, DIM)).astype(np.float32) * scale
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        members = rng.integers(0, clusters, size)
+        vectors = (
+            centres[members] + 0.7 * rng.standard_normal((size, DIM)).astype(np.float32) * scale
+        )
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        yield start, vectors.astype(np.float16)
+
+
+def load(n: int, clusters: int, seed: int) -> None:
+    import numpy as np
+    from django.db import connection
+    from pgvector.psycopg import register_vector
+
+    from shop_demo.catalog.models import Category
+    from visual_search.models import EmbeddingSpace
+    from visual_search.spaces import current_space_name
+
+    rng = np.random.default_rng(seed)
+    Category.objects.bulk_create(Category(name=f"c{i}", slug=f"c{i}") for i in range(CATEGORIES))
+    category_ids = list(Category.objects.order_by("pk").values_list("pk", flat=True))
+    space = EmbeddingSpace.objects.create(name=current_space_name(), dimension=DIM)
+    connection.ensure_connection()
+    raw = connection.connection
+    register_vector(raw)
+    started = time.monotonic()
+    with raw.cursor() as cursor:
+        for start, vectors in synthetic(n, rng, clusters, 50_000):
+            with cursor.copy(
+                "COPY catalog_product (id, name, slug, description, price, category_id, "
+                "in_stock, image) FROM STDIN"
+            ) as copy:
+                for i in range(start, start + len(vectors)):
+                    copy.write_row(
+                        (i + 1, f"p{i}", f"p{i}", "", 1, category_ids[i % CATEGORIES], True, "")
+                    )
+            with cursor.copy(
+                "COPY visual_search_productembedding (product_id, space_id, image_key, "
+                "content_hash, embedding, status, error, attempts, created_at, updated_at) "
+                "FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(
+                    [
+                        "int8",
+                        "varchar",
+                        "varchar",
+                        "varchar",
+                        "halfvec",
+                        "varchar",
+                        "text",
+                        "int4",
+                        "timestamptz",
+                        "timestamptz",
+                    ]
+                )
+                now = datetime.now(UTC)
+                for i, vector in enumerate(vectors, start):
+                    copy.write_row(
+                        (i + 1, space.name, "main", "x", vector, "ready", "", 0, now, now)
+                    )
+            print(
+                f"  loaded {start + len(vectors)}/{n} ({time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
+        cursor.execute("SELECT setval('catalog_product_id_seq', %s)", [n])
+    raw.commit()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE visual_search_productembedding")
+        cursor.execute("ANALYZE catalog_product")
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--clusters", type=int, default=0, help="default: products / 20")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--ef-search", default="20,40,100,200", help="values to sweep")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--output", default="")
+    args = parser.parse_args()
+
+    common.setup_django(fresh=True)
+    import numpy as np
+    from django.db import connection
+
+    from shop_demo.catalog.models import Product
+    from visual_search import services
+    from visual_search.indexing import ensure_index, index_state
+    from visual_search.models import EmbeddingSpace
+    from visual_search.spaces import current_space_name
+
+    n = args.products
+    print(f"loading {n} products with synthetic {DIM}-d embeddings...")
+    started = time.monotonic()
+    load(n, args.clusters or max(50, n // 20), args.seed)
+    load_seconds = time.monotonic() - started
+    space = EmbeddingSpace.objects.get(name=current_space_name())
+    print("building the HNSW index...")
+    build_seconds = ensure_index(space)
+    state = index_state(space.name)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size('visual_search_productembedding')")
+        table_bytes = cursor.fetchone()[0]
+    print(
+        f"HNSW build {build_seconds:.1f} s, index {state.size_bytes / 2**20:.0f} MiB, "
+        f"table {table_bytes / 2**20:.0f} MiB"
+    )
+
+    rng = np.random.default_rng(args.seed + 1)
+    query_pks = [int(pk) for pk in rng.integers(1, n + 1, args.queries)]
+    filtered = Product.objects.filter(category__slug="c7")
+
+    def run(queryset, exact: bool) -> tuple[list[list[int]], list[float]]:
+        with connection.cursor() as cursor:
+            cursor.execute("SET enable_indexscan = %s", ["off" if exact else "on"])
+        found, latencies = [], []
+        for pk in query_pks:
+            t = time.perf_counter()
+            results = services.similar_products(pk, k=10, queryset=queryset)
+            latencies.append((time.perf_counter() - t) * 1000)
+            found.append([r.product.pk for r in results])
+        with connection.cursor() as cursor:
+            cursor.execute("RESET enable_indexscan")
+        return found, latencies
+
+    def recall(found: list[list[int]], truth: list[list[int]]) -> float:
+        return float(
+            np.mean(
+                [len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, truth, strict=True)]
+            )
+        )
+
+    rows = []
+    truths = {}
+    for label, queryset in (("none", None), ("category ~1.6%", filtered)):
+        print(f"exact ground truth, filter {label}...")
+        truths[label], exact_latency = run(queryset, exact=True)
+        rows.append(
+            {
+                "filter": label,
+                "search": "exact",
+                "ef_search": "-",
+                "p50_ms": percentile(exact_latency, 0.5),
+                "p99_ms": percentile(exact_latency, 0.99),
+                "recall@10": 1.0,
+                "results": float(np.mean([len(t) for t in truths[label]])),
+            }
+        )
+    for ef in [int(v) for v in args.ef_search.split(",")]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, false)", [str(ef)])
+        for label, queryset in (("none", None), ("category ~1.6%", filtered)):
+            run(queryset, exact=False)  # warm the cache
+            found, latency = run(queryset, exact=False)
+            row = {
+                "filter": label,
+                "search": "hnsw",
+                "ef_search": ef,
+                "p50_ms": percentile(latency, 0.5),
+                "p99_ms": percentile(latency, 0.99),
+                "recall@10": recall(found, truths[label]),
+                "results": float(np.mean([len(f) for f in found])),
+            }
+            rows.append(row)
+            print(common.table([row], list(row)))
+    with connection.cursor() as cursor:
+        cursor.execute("RESET hnsw.ef_search")
+    columns = ["filter", "search", "ef_search", "p50_ms", "p99_ms", "recall@10", "results"]
+    print("\n" + common.table(rows, columns))
+    common.save(
+        args.output or f"scale-{n}",
+        {
+            "products": n,
+            "dimension": DIM,
+            "queries": args.queries,
+            "load_seconds": round(load_seconds, 1),
+            "hnsw_build_seconds": round(build_seconds, 1),
+            "index_mib": round(state.size_bytes / 2**20, 1),
+            "table_mib": round(table_bytes / 2**20, 1),
+            "results": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
