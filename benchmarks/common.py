@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,20 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the script's docstring as help and --data (a grocery-layout folder)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "grocery",
+        help="folder in the Grocery Store Dataset layout (classes.csv, <split>.txt)",
+    )
+    return parser
 
 
 def setup_django(fresh: bool = True) -> None:

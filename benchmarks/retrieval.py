@@ -12,7 +12,6 @@ built incrementally on the same products (images already embedded are skipped by
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from collections import defaultdict
@@ -55,12 +54,7 @@ def metrics(ranks: list[int | None]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data", type=Path, default=common.REPO.parent / "shared" / "data" / "grocery"
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "--gallery",
         action="append",

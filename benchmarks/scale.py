@@ -39,6 +39,7 @@ def synthetic(n: int, rng, clusters: int, chunk: int):
 def load(n: int, clusters: int, seed: int) -> None:
     import numpy as np
     from django.db import connection
+    from pgvector import HalfVector
     from pgvector.psycopg import register_vector
 
     from shop_demo.catalog.models import Category
@@ -85,7 +86,18 @@ def load(n: int, clusters: int, seed: int) -> None:
                 now = datetime.now(UTC)
                 for i, vector in enumerate(vectors, start):
                     copy.write_row(
-                        (i + 1, space.name, "main", "x", vector, "ready", "", 0, now, now)
+                        (
+                            i + 1,
+                            space.name,
+                            "main",
+                            "x",
+                            HalfVector(vector),
+                            "ready",
+                            "",
+                            0,
+                            now,
+                            now,
+                        )
                     )
             print(
                 f"  loaded {start + len(vectors)}/{n} ({time.monotonic() - started:.0f} s)",

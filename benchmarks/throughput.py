@@ -7,21 +7,14 @@ on real photos; and the end-to-end rate including file reading, decoding and pre
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
-from pathlib import Path
 
 import common
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data", type=Path, default=common.REPO.parent / "shared" / "data" / "grocery"
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "--images", type=int, default=96, help="real photos to encode per measurement"
     )
