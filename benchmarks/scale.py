@@ -124,10 +124,23 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef-search", default="20,40,100,200", help="values to sweep")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--maintenance-work-mem",
+        default="",
+        help="for the index build (default: the HNSW setting, 1GB); 1M x 1280-d "
+        "needs ~8GB to build in memory",
+    )
     parser.add_argument("--output", default="")
     args = parser.parse_args()
 
     common.setup_django(fresh=True)
+    if args.maintenance_work_mem:
+        from django.conf import settings
+
+        settings.VISUAL_SEARCH["HNSW"] = {
+            **settings.VISUAL_SEARCH.get("HNSW", {}),
+            "MAINTENANCE_WORK_MEM": args.maintenance_work_mem,
+        }
     import numpy as np
     from django.db import connection
 
@@ -219,6 +232,7 @@ def main() -> None:
         args.output or f"scale-{n}",
         {
             "products": n,
+            "maintenance_work_mem": args.maintenance_work_mem or "setting",
             "dimension": DIM,
             "queries": args.queries,
             "load_seconds": round(load_seconds, 1),
