@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--output", default="")
     args = parser.parse_args()
 
-    common.setup_django(fresh=True)
+    common.setup_django("api", fresh=True)
     from django.conf import settings
     from django.core.files import File
     from django.db import connection

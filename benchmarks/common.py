@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -30,10 +31,16 @@ def argument_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def setup_django(fresh: bool = True) -> None:
-    """Create (or empty) the benchmark database, migrate it and set Django up."""
+def setup_django(name: str, fresh: bool = True) -> None:
+    """Create (or empty) this benchmark's own database, migrate it and set Django up."""
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    os.environ.setdefault("VISUAL_SEARCH_BENCH_DB", f"vs_bench_{name}")
+    media = Path(
+        os.environ.setdefault("VISUAL_SEARCH_BENCH_MEDIA", str(REPO / ".devdata" / "bench" / name))
+    )
+    if fresh and media.exists():
+        shutil.rmtree(media)
     import psycopg
     from django.conf import settings
 

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--output", default="ingestion")
     args = parser.parse_args()
 
-    common.setup_django(fresh=True)
+    common.setup_django("ingestion", fresh=True)
     from django.conf import settings
     from django.core.files import File
     from django.db import connection

@@ -71,7 +71,7 @@ def main() -> None:
     variants = args.gallery or ["iconic", "iconic,train"]
     variants = sorted(variants, key=lambda v: len(v.split(",")))  # grow the gallery step by step
 
-    common.setup_django(fresh=True)
+    common.setup_django("retrieval", fresh=True)
     from django.core.files import File
     from django.db import connection
 

@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--output", default="")
     args = parser.parse_args()
 
-    common.setup_django(fresh=True)
+    common.setup_django("scale", fresh=True)
     if args.maintenance_work_mem:
         from django.conf import settings
 

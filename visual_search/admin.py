@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from visual_search import services
 from visual_search.admin_actions import can_reindex, queue_and_report
 from visual_search.indexing import index_state
-from visual_search.models import EmbeddingSpace, ProductEmbedding
+from visual_search.models import EmbeddingSpace, Look, LookItem, ProductEmbedding
 from visual_search.models_registry import get_product_model
 
 
@@ -138,3 +138,57 @@ class EmbeddingSpaceAdmin(admin.ModelAdmin):
         if not state.exists:
             return "missing"
         return f"{'valid' if state.valid else 'INVALID'}, {state.size_bytes // 1024} kB"
+
+
+class LookItemInline(admin.TabularInline):
+    model = LookItem
+    extra = 0
+    fields = ["product", "suggested", "left", "top", "right", "bottom", "score", "candidates"]
+    readonly_fields = ["score", "candidates"]
+    raw_id_fields = ["product"]
+
+    @admin.display(description="top products")
+    def candidates(self, item: LookItem) -> str:
+        return ", ".join(f"{c['name']} ({c['score']:.2f})" for c in item.alternatives) or "-"
+
+
+@admin.register(Look)
+class LookAdmin(admin.ModelAdmin):
+    """Upload a look, get suggested hotspots, then accept (untick "suggested"), edit or delete."""
+
+    list_display = ["title", "hotspots", "suggestions", "created_at"]
+    inlines = [LookItemInline]
+    actions = ["suggest_hotspots"]
+    change_form_template = "admin/visual_search/look/change_form.html"
+
+    @admin.display(description="hotspots")
+    def hotspots(self, look: Look) -> int:
+        return look.items.filter(suggested=False).count()
+
+    @admin.display(description="suggestions to review")
+    def suggestions(self, look: Look) -> int:
+        return look.items.filter(suggested=True).count()
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        look = form.instance
+        if not look.items.exists():  # a new look: suggest hotspots straight away
+            self._suggest(request, [look])
+
+    @admin.action(description="Suggest hotspots (shop the look)")
+    def suggest_hotspots(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._suggest(request, list(queryset))
+
+    def _suggest(self, request: HttpRequest, looks: list[Look]) -> None:
+        for look in looks:
+            try:
+                found = services.suggest_look_items(look)
+            except Exception as exc:  # a bad image or search outage: say so, keep the look
+                self.message_user(request, f"{look}: no suggestions ({exc})", messages.WARNING)
+                continue
+            self.message_user(
+                request,
+                f"{look}: {len(found)} suggested hotspot(s). Review them below: untick "
+                '"suggested" to accept, change the product or box, or delete.',
+                messages.INFO,
+            )

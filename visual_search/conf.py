@@ -89,6 +89,19 @@ DEFAULTS: dict[str, Any] = {
         # Per client (user or IP) and endpoint; None: not throttled.
         "THROTTLE_RATES": {"search": "30/minute", "similar": "120/minute", "reindex": None},
     },
+    "LOOK": {
+        # Proposes regions of a look photo; a shop with an object detector plugs it in here.
+        "DETECTOR": "visual_search.look.ActivationGridDetector",
+        "DETECTOR_OPTIONS": {},
+        # A region's best match must reach MIN_SCORE (cosine) and RELATIVE x the photo's best.
+        "MIN_SCORE": 0.45,
+        "RELATIVE": 0.75,
+        # Regions agreeing on a product merge above MERGE_IOU; above SUPPRESS_IOU the weaker
+        # region is a duplicate of the same spot whatever it matched.
+        "MERGE_IOU": 0.3,
+        "SUPPRESS_IOU": 0.5,
+        "MAX_SIDE": 1024,  # look photos are scaled down to this before proposing regions
+    },
     "CACHE": {
         # Cache of template-tag results (a Django cache alias); TIMEOUT 0 disables it.
         "ALIAS": "default",

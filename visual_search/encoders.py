@@ -241,6 +241,21 @@ class TimmEncoder:
             opset_version=17,
         )
 
+    def activation_map(self, image: Image.Image, size: int = 448) -> np.ndarray:
+        """Channel-mean activation of the backbone's last feature map (h x w), for region
+        proposals: large where the network sees an object, small on plain background."""
+        import torch
+
+        self._load()
+        config = self._transform.transforms[-1]  # Normalize
+        resized = image.resize((size, size), Image.BICUBIC)
+        tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean, std = torch.as_tensor(config.mean), torch.as_tensor(config.std)
+        tensor = (tensor - mean[:, None, None]) / std[:, None, None]
+        with torch.inference_mode():
+            features = self._model.forward_features(tensor.unsqueeze(0))[0]
+        return features.relu().mean(0).numpy()
+
     def preprocess(self, images: Sequence[Image.Image]) -> Any:
         import torch
 

@@ -74,3 +74,61 @@ class ProductEmbedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.product_id} / {self.image_key} [{self.status}]"
+
+
+class Look(models.Model):
+    """A merchant's look (scene) photo whose products are marked with hotspots."""
+
+    title = models.CharField(_("title"), max_length=200)
+    image = models.ImageField(_("image"), upload_to="visual_search/looks/")
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("look")
+        verbose_name_plural = _("looks")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class LookItem(models.Model):
+    """A hotspot: a box on the look's image (fractions of its width and height) and a product."""
+
+    look = models.ForeignKey(
+        Look, on_delete=models.CASCADE, related_name="items", verbose_name=_("look")
+    )
+    product = models.ForeignKey(
+        getattr(settings, "VISUAL_SEARCH_PRODUCT_MODEL", None),
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name=_("product"),
+    )
+    left = models.FloatField(_("left"))
+    top = models.FloatField(_("top"))
+    right = models.FloatField(_("right"))
+    bottom = models.FloatField(_("bottom"))
+    # Suggested by shop_the_look and not yet accepted by the merchant: not shown to shoppers.
+    suggested = models.BooleanField(_("suggested, not yet accepted"), default=False)
+    score = models.FloatField(_("match score"), null=True, blank=True)
+    alternatives = models.JSONField(_("other candidate products"), default=list, blank=True)
+    position = models.PositiveIntegerField(_("position"), default=0)
+
+    class Meta:
+        verbose_name = _("look item")
+        verbose_name_plural = _("look items")
+        ordering = ["position", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(left__gte=0, top__gte=0, right__lte=1, bottom__lte=1)
+                & models.Q(left__lt=models.F("right"), top__lt=models.F("bottom")),
+                name="visual_search_lookitem_box",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.product} in {self.look}"
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.left + self.right) / 2 * 100, (self.top + self.bottom) / 2 * 100)

@@ -88,15 +88,7 @@ def nearest_products(
         queries = " UNION ALL ".join([f"SELECT %s::halfvec({dim}) AS v"] * len(rows))
         params.extend(vector_literal(row) for row in rows)
 
-    where = [index_predicate(space.name)]
-    where_params: list[Any] = []
-    if of_product is not None:
-        where.append("product_id <> %s")
-        where_params.append(of_product)
-    if queryset.query.where:  # the shop's filter, as a subquery on its own table
-        sub_sql, sub_params = queryset.order_by().values("pk").query.sql_with_params()
-        where.append(f"product_id IN ({sub_sql})")
-        where_params.extend(sub_params)
+    where, where_params = _conditions(space, queryset, exclude_pk=of_product)
 
     model = queryset.model
     product_table = connection.ops.quote_name(model._meta.db_table)
@@ -108,7 +100,7 @@ def nearest_products(
         f"WITH q AS MATERIALIZED ({queries}), "
         f"hits AS MATERIALIZED (SELECT e.product_id, e.image_key, e.distance FROM q CROSS JOIN "
         f"LATERAL (SELECT product_id, image_key, {expression} <=> q.v AS distance FROM {TABLE} "
-        f"WHERE {' AND '.join(where)} ORDER BY {expression} <=> q.v LIMIT %s) e), "
+        f"WHERE {where} ORDER BY {expression} <=> q.v LIMIT %s) e), "
         "best AS (SELECT DISTINCT ON (product_id) product_id, image_key, distance FROM hits "
         "ORDER BY product_id, distance) "
         f"SELECT p.*, best.image_key AS vs_image_key, 1 - best.distance AS vs_score, "
@@ -125,6 +117,56 @@ def nearest_products(
             break
         limit = min(limit * 4, MAX_ROWS)  # products with many images crowded the first rows
     return [Neighbour(p, p.vs_image_key, float(p.vs_score)) for p in found]
+
+
+def _conditions(
+    space: EmbeddingSpace, queryset: models.QuerySet, *, exclude_pk: Any = None
+) -> tuple[str, list[Any]]:
+    """The index's predicate, the excluded product and the shop's filter (as a subquery)."""
+    where = [index_predicate(space.name)]
+    params: list[Any] = []
+    if exclude_pk is not None:
+        where.append("product_id <> %s")
+        params.append(exclude_pk)
+    if queryset.query.where:
+        sub_sql, sub_params = queryset.order_by().values("pk").query.sql_with_params()
+        where.append(f"product_id IN ({sub_sql})")
+        params.extend(sub_params)
+    return " AND ".join(where), params
+
+
+def nearest_per_query(
+    space: EmbeddingSpace, vectors: np.ndarray, *, k: int, queryset: models.QuerySet
+) -> list[list[Neighbour]]:
+    """For each query vector separately, its k nearest products (best image pair each), in
+    one statement: shop the look matches every region of a photo at once."""
+    rows = np.atleast_2d(vectors)
+    if not len(rows):
+        return []
+    dim = int(space.dimension)
+    expression = vector_expression(dim)
+    where, where_params = _conditions(space, queryset)
+    queries = " UNION ALL ".join([f"SELECT %s AS i, %s::halfvec({dim}) AS v"] * len(rows))
+    params: list[Any] = []
+    for index, row in enumerate(rows):
+        params += [index, vector_literal(row)]
+    sql = (
+        f"WITH q AS MATERIALIZED ({queries}), "
+        f"hits AS MATERIALIZED (SELECT q.i, e.product_id, e.image_key, e.distance FROM q CROSS JOIN "
+        f"LATERAL (SELECT product_id, image_key, {expression} <=> q.v AS distance FROM {TABLE} "
+        f"WHERE {where} ORDER BY {expression} <=> q.v LIMIT %s) e) "
+        "SELECT DISTINCT ON (i, product_id) i, product_id, image_key, 1 - distance FROM hits "
+        "ORDER BY i, product_id, distance"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *where_params, k * OVERFETCH])
+        found = cursor.fetchall()
+    products = queryset.in_bulk({row[1] for row in found})
+    per_query: list[list[Neighbour]] = [[] for _ in rows]
+    for index, pk, key, score in sorted(found, key=lambda row: (row[0], -row[3])):
+        if pk in products and len(per_query[index]) < k:
+            per_query[index].append(Neighbour(products[pk], key, float(score)))
+    return per_query
 
 
 def _run(

@@ -20,10 +20,16 @@ from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import ProductNotFound, VisualSearchError
 from visual_search.images import Box, ImageSource, load_image
 from visual_search.indexing import index_state
+from visual_search.look import LookGroup, Proposal, Region, get_detector, group_regions
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 from visual_search.pipeline import EmbedReport, embed_products, sync_gallery_rows
-from visual_search.queries import Neighbour, has_ready_embedding, nearest_products
+from visual_search.queries import (
+    Neighbour,
+    has_ready_embedding,
+    nearest_per_query,
+    nearest_products,
+)
 from visual_search.spaces import current_space_name, ensure_current_space, get_current_space
 
 logger = logging.getLogger(__name__)
@@ -105,6 +111,79 @@ def search_by_image(
     if space is None or space.dimension is None:
         space = ensure_current_space(encoder, with_dimension=True)
     return _results(nearest_products(space, k=k, vectors=vector, queryset=_products(queryset)))
+
+
+def shop_the_look(
+    image: ImageSource, *, k: int = 4, queryset: models.QuerySet | None = None
+) -> list[LookGroup]:
+    """The items in a look photo: groups of (box in pixels of the image, its top-k products).
+
+    Regions come from the configured detector, are embedded in one batch and matched in one
+    SQL statement, then grouped (see look.py). Raises UnusableImage for a bad picture.
+    """
+    _check_k(k)
+    look = vs_settings.LOOK
+    picture = load_image(image)
+    scale = 1.0
+    max_side = int(look["MAX_SIDE"])
+    if max(picture.size) > max_side:
+        scale = max(picture.size) / max_side
+        picture = picture.resize((round(picture.width / scale), round(picture.height / scale)))
+    proposals = [
+        Proposal(*p) if not isinstance(p, Proposal) else p for p in get_detector().propose(picture)
+    ]
+    encoder = get_encoder()
+    vectors = encoder.encode([picture.crop(tuple(round(v) for v in p.box)) for p in proposals])
+    space = get_current_space()
+    if space is None or space.dimension is None:
+        space = ensure_current_space(encoder, with_dimension=True)
+    matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
+    groups = group_regions(
+        [Region(p.box, found, p.precise) for p, found in zip(proposals, matches, strict=True)],
+        k=k,
+        min_score=float(look["MIN_SCORE"]),
+        relative=float(look["RELATIVE"]),
+        merge_iou=float(look["MERGE_IOU"]),
+        suppress_iou=float(look["SUPPRESS_IOU"]),
+    )
+    for group in groups:  # back to the caller's pixels
+        group.box = tuple(round(v * scale, 1) for v in group.box)
+    return groups
+
+
+def suggest_look_items(look: Any, *, k: int = 4) -> list[Any]:
+    """Replace a look's suggested (not yet accepted) hotspots with what shop_the_look finds;
+    accepted items stay. Returns the new suggestions."""
+    from visual_search.models import LookItem
+
+    with look.image.open("rb") as handle:
+        picture = load_image(handle.read())
+    groups = shop_the_look(picture, k=k)
+    look.items.filter(suggested=True).delete()
+    width, height = picture.size
+    start = look.items.count()
+    created = []
+    for position, group in enumerate(groups, start):
+        left, top, right, bottom = group.box
+        best = group.results[0]
+        created.append(
+            LookItem.objects.create(
+                look=look,
+                product=best.product,
+                suggested=True,
+                score=best.score,
+                position=position,
+                left=max(0.0, left / width),
+                top=max(0.0, top / height),
+                right=min(1.0, right / width),
+                bottom=min(1.0, bottom / height),
+                alternatives=[
+                    {"pk": str(r.product.pk), "name": str(r.product), "score": round(r.score, 3)}
+                    for r in group.results
+                ],
+            )
+        )
+    return created
 
 
 def embed_product(product_or_pk: Any, *, force: bool = False) -> EmbedReport:
@@ -275,6 +354,8 @@ __all__ = [
     "reindex",
     "schedule_embedding",
     "search_by_image",
+    "shop_the_look",
+    "suggest_look_items",
     "similar_products",
     "status_counts",
     "status_report",

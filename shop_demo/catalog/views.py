@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
 from django.core.paginator import Paginator
@@ -12,6 +14,8 @@ from django.shortcuts import get_object_or_404, render
 from shop_demo.catalog.models import Category, Product
 from visual_search import services
 from visual_search.exceptions import UnusableImage
+from visual_search.images import load_image
+from visual_search.models import Look
 
 RESULTS = 12
 
@@ -71,6 +75,45 @@ def search_by_photo(request: HttpRequest) -> HttpResponse:
             context["searched"] = True
     status = 400 if context.get("error") else 200
     return render(request, "catalog/search.html", context, status=status)
+
+
+def shop_the_look_page(request: HttpRequest) -> HttpResponse:
+    """Looks from the shop, and "find the products in your photo"."""
+    context: dict[str, Any] = {"looks": Look.objects.prefetch_related("items")}
+    status = 200
+    if request.method == "POST":
+        upload = request.FILES.get("image")
+        if upload is None:
+            context["error"] = "Choose a photo first."
+        else:
+            data = upload.read()
+            try:
+                picture = load_image(data)
+                groups = services.shop_the_look(picture, k=4)
+            except UnusableImage as exc:
+                context["error"] = f"We could not use that file: {exc}"
+            else:
+                width, height = picture.size
+                context["photo"] = "data:image/jpeg;base64," + _jpeg_base64(picture)
+                context["groups"] = [
+                    {
+                        "number": index,
+                        "left": g.box[0] / width * 100,
+                        "top": g.box[1] / height * 100,
+                        "width": (g.box[2] - g.box[0]) / width * 100,
+                        "height": (g.box[3] - g.box[1]) / height * 100,
+                        "results": g.results,
+                    }
+                    for index, g in enumerate(groups, 1)
+                ]
+        status = 400 if context.get("error") else 200
+    return render(request, "catalog/look.html", context, status=status)
+
+
+def _jpeg_base64(picture: Any) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=85)
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _box(value: str | None) -> tuple[float, ...] | None:

@@ -43,9 +43,8 @@ class BoxField(serializers.Field):
         return list(value)
 
 
-class QuerySerializer(serializers.Serializer):
+class KSerializer(serializers.Serializer):
     k = serializers.IntegerField(required=False, min_value=1)
-    box = BoxField(required=False)
 
     def validate_k(self, value: int) -> int:
         max_k = int(vs_settings.QUERY["MAX_K"])
@@ -56,12 +55,20 @@ class QuerySerializer(serializers.Serializer):
         return value
 
 
+class QuerySerializer(KSerializer):
+    box = BoxField(required=False)
+
+
 class ImageSearchSerializer(QuerySerializer):
     image = serializers.FileField(help_text="The photo: JPEG, PNG, WebP, GIF, BMP or TIFF.")
 
 
 class UrlSearchSerializer(QuerySerializer):
     url = serializers.URLField(help_text="An http(s) URL of a photo on a public host.")
+
+
+class LookSerializer(KSerializer):
+    image = serializers.FileField(help_text="A look or scene photo showing several products.")
 
 
 class ReindexSerializer(serializers.Serializer):
@@ -85,6 +92,23 @@ class ResultsSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     space = serializers.CharField(help_text="The embedding space the search ran in.")
     results = ResultSerializer(many=True)
+
+
+class LookGroupSerializer(serializers.Serializer):
+    box = serializers.ListField(
+        child=serializers.FloatField(),
+        help_text="[left, top, right, bottom] in pixels of the uploaded photo.",
+    )
+    score = serializers.FloatField(help_text="Similarity of the item's best match.")
+    results = ResultSerializer(many=True)
+
+
+class LookResultsSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    space = serializers.CharField()
+    width = serializers.IntegerField(help_text="Width of the photo the boxes refer to.")
+    height = serializers.IntegerField()
+    groups = LookGroupSerializer(many=True)
 
 
 class ErrorSerializer(serializers.Serializer):

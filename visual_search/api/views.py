@@ -20,6 +20,8 @@ from visual_search.api.filters import filtered_queryset
 from visual_search.api.serializers import (
     ErrorSerializer,
     ImageSearchSerializer,
+    LookResultsSerializer,
+    LookSerializer,
     QuerySerializer,
     ReindexSerializer,
     ResultsSerializer,
@@ -28,6 +30,7 @@ from visual_search.api.serializers import (
 from visual_search.api.throttling import EndpointThrottle
 from visual_search.conf import vs_settings
 from visual_search.exceptions import ProductNotFound, UnusableImage
+from visual_search.images import load_image
 
 ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Bad request: the body says what and why."),
@@ -165,6 +168,43 @@ class SearchByUrlView(VisualSearchView):
         except (UnusableImage, FetchRefused) as exc:
             raise image_error(exc)
         return self.results(request, found)
+
+
+class ShopTheLookView(VisualSearchView):
+    parser_classes = [MultiPartParser, FormParser]
+    reserved_params = {"k", "image"}
+
+    @documented(
+        operation_id="visual_search_shop_the_look",
+        summary="Find every product in a look photo: one group (box + products) per item",
+        description=FILTER_NOTE,
+        request={"multipart/form-data": LookSerializer},
+        responses={200: LookResultsSerializer, **ERRORS, 413: OpenApiResponse(ErrorSerializer)},
+    )
+    def post(self, request: Request) -> Response:
+        if "image" not in request.FILES:
+            raise ApiError('Send the photo as a multipart file field named "image".', "no_file")
+        params = self.params(request)
+        serializer = LookSerializer(data={**params, "image": request.FILES["image"]})
+        serializer.is_valid(raise_exception=True)
+        k = serializer.validated_data.get("k", 4)
+        queryset = filtered_queryset(request, params, self.reserved_params)
+        upload = serializer.validated_data["image"]
+        try:
+            picture = load_image(upload)
+            groups = services.shop_the_look(picture, k=k, queryset=queryset)
+        except UnusableImage as exc:
+            raise image_error(exc)
+        data = {
+            "count": len(groups),
+            "space": services.current_space_name(),
+            "width": picture.width,
+            "height": picture.height,
+            "groups": [
+                {"box": list(g.box), "score": g.score, "results": g.results} for g in groups
+            ],
+        }
+        return Response(LookResultsSerializer(data, context={"request": request}).data)
 
 
 class SimilarProductsView(VisualSearchView):

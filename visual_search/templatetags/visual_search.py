@@ -52,3 +52,41 @@ def _image_url(result: Any) -> str:
         return default_storage.url(result.image_key)
     except Exception:
         return ""
+
+
+@register.inclusion_tag("visual_search/look.html")
+def shop_the_look(look: Any, similar: int = 3, show_suggested: bool = False) -> dict:
+    """A look image with a hotspot per item (no JavaScript: <details> popovers), each showing
+    its product and ``similar`` similar items. Suggested, unaccepted items only when asked."""
+    try:
+        items = list(look.items.select_related("product"))
+    except Exception:
+        logger.exception("visual_search: items of look %r failed", look)
+        items = []
+    hotspots = [
+        {
+            "item": item,
+            "product": item.product,
+            "x": round((item.left + item.right) * 50, 2),
+            "y": round((item.top + item.bottom) * 50, 2),
+            "image_url": _product_image_url(item.product),
+            "similar": [
+                {"product": r.product, "image_url": _image_url(r)}
+                for r in _safe_similar(item.product, similar)
+            ]
+            if similar
+            else [],
+        }
+        for item in items
+        if show_suggested or not item.suggested
+    ]
+    return {"look": look, "hotspots": hotspots}
+
+
+def _product_image_url(product: Any) -> str:
+    field = vs_settings.DISPLAY_IMAGE
+    image = getattr(product, field, None) if field else None
+    try:
+        return image.url if image else ""
+    except ValueError:
+        return ""

@@ -1,0 +1,198 @@
+"""Shop the look on composites of real in-store photos with known items and boxes.
+
+The catalogue is one product per class (studio image + the photos of --gallery splits); each
+look photo is a canvas with 2 to 6 photos from the --queries split (never in the gallery)
+pasted at random sizes and positions. For each photo, services.shop_the_look(k) runs end to
+end; an item counts as found when a group's box overlaps it with IoU >= 0.5 and its product is
+in that group's top k. A group that overlaps no item that much is a false group.
+
+    python benchmarks/look.py --data ../shared/data/grocery --items 4 --photos 100
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from pathlib import Path
+
+import common
+
+
+def composite(paths: list[Path], rng: random.Random, size: int = 800):
+    """Paste the photos without overlap; returns the canvas and the items' boxes."""
+    from PIL import Image
+
+    shade = rng.randint(215, 250)
+    canvas = Image.new("RGB", (size, size), (shade, shade, rng.randint(205, 245)))
+    boxes = []
+    for path in paths:
+        photo = Image.open(path).convert("RGB")
+        for _ in range(200):
+            side = rng.randint(size // 5, int(size / 2.3))
+            scale = side / max(photo.size)
+            w, h = max(1, int(photo.width * scale)), max(1, int(photo.height * scale))
+            x, y = rng.randint(0, size - w), rng.randint(0, size - h)
+            box = (x, y, x + w, y + h)
+            if all(
+                box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in boxes
+            ):
+                canvas.paste(photo.resize((w, h)), (x, y))
+                boxes.append(box)
+                break
+    return canvas, boxes
+
+
+def regions_of(canvas, k: int) -> list:
+    """The regions shop_the_look groups, before grouping (for the threshold sweep)."""
+    from visual_search.encoders import get_encoder
+    from visual_search.look import Region, get_detector
+    from visual_search.models_registry import get_product_model
+    from visual_search.queries import nearest_per_query
+    from visual_search.spaces import get_current_space
+
+    proposals = get_detector().propose(canvas)
+    vectors = get_encoder().encode([canvas.crop(tuple(round(v) for v in p.box)) for p in proposals])
+    matches = nearest_per_query(
+        get_current_space(), vectors, k=k, queryset=get_product_model()._default_manager.all()
+    )
+    return [Region(p.box, m, p.precise) for p, m in zip(proposals, matches, strict=True)]
+
+
+def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:
+    from visual_search.look import group_regions, iou
+
+    rows = []
+    for min_score in (0.4, 0.45, 0.5, 0.55, 0.6):
+        for relative in (0.6, 0.7, 0.75, 0.8, 0.85):
+            found = total = false = 0
+            for regions, picks, boxes in photos:
+                groups = group_regions(
+                    regions,
+                    k=k,
+                    min_score=min_score,
+                    relative=relative,
+                    merge_iou=0.3,
+                    suppress_iou=0.5,
+                )
+                for (_, fine), box in zip(picks, boxes, strict=True):
+                    found += any(
+                        iou(g.box, box) >= 0.5
+                        and fine in [fine_of[r.product.pk] for r in g.results]
+                        for g in groups
+                    )
+                false += sum(1 for g in groups if all(iou(g.box, b) < 0.5 for b in boxes))
+                total += len(boxes)
+            rows.append(
+                {
+                    "min_score": min_score,
+                    "relative": relative,
+                    f"recall@{k}": found / total,
+                    "false_groups_per_photo": false / len(photos),
+                }
+            )
+    print("\nthreshold sweep (same regions):")
+    print(common.table(rows, list(rows[0])))
+    return rows
+
+
+def main() -> None:
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--gallery", default="train")
+    parser.add_argument("--queries", default="val")
+    parser.add_argument(
+        "--items", default="4", help="items per photo: a number or a range like 2-6"
+    )
+    parser.add_argument("--photos", type=int, default=100)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also evaluate a grid of grouping thresholds on the same regions",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the catalogue of the last run (same --data and --gallery)",
+    )
+    parser.add_argument("--output", default="")
+    args = parser.parse_args()
+
+    common.setup_django("look", fresh=not args.reuse)
+    from django.core.files import File
+    from retrieval import read_classes, read_split
+
+    from shop_demo.catalog.models import Product, ProductImage
+    from visual_search import services
+    from visual_search.look import iou
+
+    products = {}
+    existing = {p.name: p for p in Product.objects.all()} if args.reuse else {}
+    for entry in read_classes(args.data):
+        if entry["name"] in existing:
+            products[entry["id"]] = existing[entry["name"]]
+            continue
+        product = Product(name=entry["name"], slug=entry["name"].lower()[:200])
+        with open(args.data / entry["iconic"], "rb") as handle:
+            product.image.save(Path(entry["iconic"]).name, File(handle))
+        products[entry["id"]] = product
+    for split in [s for s in args.gallery.split(",") if s and not existing]:
+        for position, (path, fine) in enumerate(read_split(args.data, split)):
+            if fine in products:
+                image = ProductImage(product=products[fine], position=position)
+                with open(args.data / path, "rb") as handle:
+                    image.image.save(Path(path).name, File(handle))
+    started = time.monotonic()
+    services.embed_many([p.pk for p in products.values()])
+    print(f"catalogue: {len(products)} products embedded in {time.monotonic() - started:.0f} s")
+    fine_of = {p.pk: fine for fine, p in products.items()}
+
+    sweep: list[tuple[list, list, list]] = []  # (regions, picks, boxes) per photo
+    rng = random.Random(args.seed)
+    pool = read_split(args.data, args.queries)
+    low, _, high = args.items.partition("-")
+    found = total = false_groups = 0
+    latencies, per_count = [], {}
+    for _ in range(args.photos):
+        count = rng.randint(int(low), int(high or low))
+        picks = rng.sample(pool, count)
+        canvas, boxes = composite([args.data / p for p, _ in picks], rng)
+        started = time.perf_counter()
+        groups = services.shop_the_look(canvas, k=args.k)
+        latencies.append(time.perf_counter() - started)
+        if args.sweep:
+            sweep.append((regions_of(canvas, args.k), picks, boxes))
+        hits = 0
+        for (_, fine), box in zip(picks, boxes, strict=True):
+            if any(
+                iou(g.box, box) >= 0.5 and fine in [fine_of[r.product.pk] for r in g.results]
+                for g in groups
+            ):
+                hits += 1
+        false_groups += sum(1 for g in groups if all(iou(g.box, b) < 0.5 for b in boxes))
+        found += hits
+        total += len(boxes)
+        stats = per_count.setdefault(len(boxes), [0, 0])
+        stats[0] += hits
+        stats[1] += len(boxes)
+    latencies.sort()
+    row = {
+        "items": args.items,
+        "photos": args.photos,
+        f"recall@{args.k}": found / total,
+        "false_groups_per_photo": false_groups / args.photos,
+        "p50_s": statistics.median(latencies),
+        "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
+    }
+    print(common.table([row], list(row)))
+    by_count = {n: hits / items for n, (hits, items) in sorted(per_count.items())}
+    print("recall by items per photo:", {n: round(r, 3) for n, r in by_count.items()})
+    common.save(
+        args.output or f"look-{args.items}",
+        {"results": [row], "recall_by_items": by_count, "settings": services.vs_settings.LOOK},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Shop the look: region proposals, grouping, the service, API, admin suggestions and the tag."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.template import Context, Template
+from PIL import Image
+
+from visual_search import services
+from visual_search.look import Region, component_boxes, grid_boxes, group_regions, iou
+from visual_search.models import Look, LookItem
+from visual_search.queries import Neighbour
+
+
+def test_iou():
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (10, 10, 20, 20)) == 0.0
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+def test_grid_covers_the_image_at_every_scale():
+    boxes = grid_boxes(800, 600, (0.5,))
+    assert all(b[2] - b[0] == pytest.approx(300) for b in boxes)
+    assert max(b[2] for b in boxes) == pytest.approx(800) and max(
+        b[3] for b in boxes
+    ) == pytest.approx(600)
+
+
+def test_component_boxes_find_separate_active_areas():
+    energy = np.zeros((14, 14))
+    energy[1:5, 1:5] = 1.0
+    energy[8:13, 7:12] = 2.0
+    boxes = sorted(component_boxes(energy, 1400, 1400, pad=0))
+    assert len(boxes) == 2
+    assert boxes[0] == pytest.approx((100, 100, 500, 500))
+    assert boxes[1] == pytest.approx((700, 800, 1200, 1300))
+
+
+class _P:
+    def __init__(self, pk):
+        self.pk = pk
+
+
+def test_grouping_merges_agreeing_regions_and_drops_weak_and_scene_boxes():
+    a, b, c = _P(1), _P(2), _P(3)
+    regions = [
+        Region((0, 0, 100, 100), [Neighbour(a, "x", 0.9), Neighbour(c, "x", 0.5)]),
+        Region((10, 10, 110, 110), [Neighbour(a, "x", 0.8)]),  # same item, merges
+        Region((300, 300, 400, 400), [Neighbour(b, "x", 0.85)]),
+        Region((305, 300, 400, 400), [Neighbour(c, "x", 0.7)]),  # same spot, weaker: suppressed
+        Region((600, 0, 700, 100), [Neighbour(c, "x", 0.3)]),  # weak: dropped
+        Region((0, 0, 800, 800), [Neighbour(c, "x", 0.8)]),  # holds both items: the scene
+    ]
+    groups = group_regions(
+        regions, k=2, min_score=0.45, relative=0.5, merge_iou=0.3, suppress_iou=0.5
+    )
+    assert [(g.box, [r.product.pk for r in g.results]) for g in groups] == [
+        ((0, 0, 100, 100), [1, 3]),
+        ((300, 300, 400, 400), [2]),
+    ]
+    assert groups[0].regions == 2
+
+
+def look_photo(paths, size=800):
+    """Photos side by side on a light canvas, with their boxes."""
+    canvas = Image.new("RGB", (size, size), (238, 238, 232))
+    boxes = []
+    for index, path in enumerate(paths):
+        photo = Image.open(path).convert("RGB").resize((340, 340))
+        x, y = 30 + (index % 2) * 420, 30 + (index // 2) * 420
+        canvas.paste(photo, (x, y))
+        boxes.append((x, y, x + 340, y + 340))
+    return canvas, boxes
+
+
+@pytest.fixture
+def gallery_catalogue(make_product, photos):
+    """Products with a studio-like main photo and in-store gallery photos (train split)."""
+    names = ["Banana", "Kiwi", "Lemon", "Arla-Standard-Milk", "Granny-Smith", "Carrots"]
+    made = {
+        n: make_product(n, photos("train", n)[0], gallery=photos("train", n)[5:30:6]) for n in names
+    }
+    services.embed_many([p.pk for p in made.values()])
+    return made
+
+
+@pytest.mark.django_db
+def test_shop_the_look_finds_each_item(gallery_catalogue, photos):
+    items = ["Banana", "Arla-Standard-Milk", "Kiwi"]
+    canvas, boxes = look_photo([photos("val", n)[0] for n in items])
+    groups = services.shop_the_look(canvas, k=4)
+    assert 1 <= len(groups) <= 5, [(g.box, g.score, str(g.results[0].product)) for g in groups]
+    for name, box in zip(items, boxes, strict=True):
+        assert any(
+            iou(g.box, box) >= 0.5
+            and gallery_catalogue[name].pk in [r.product.pk for r in g.results]
+            for g in groups
+        ), (name, [(g.box, [str(r.product) for r in g.results]) for g in groups])
+
+
+@pytest.mark.django_db
+def test_shop_the_look_api(client, gallery_catalogue, photos):
+    canvas, _ = look_photo([photos("val", "Banana")[0], photos("val", "Kiwi")[0]])
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG")
+    response = client.post(
+        "/api/visual-search/look/?k=2", {"image": SimpleUploadedFile("look.jpg", buffer.getvalue())}
+    )
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["width"] == 800 and body["count"] == len(body["groups"]) >= 1
+    assert len(body["groups"][0]["box"]) == 4 and len(body["groups"][0]["results"]) <= 2
+    assert client.post("/api/visual-search/look/", {}).json()["code"] == "no_file"
+    bad = client.post("/api/visual-search/look/", {"image": SimpleUploadedFile("x.jpg", b"text")})
+    assert bad.status_code == 400 and bad.json()["code"] == "not_an_image"
+
+
+@pytest.mark.django_db
+def test_admin_suggests_hotspots_the_merchant_accepts(admin_client, gallery_catalogue, photos):
+    canvas, boxes = look_photo([photos("val", "Banana")[0], photos("val", "Arla-Standard-Milk")[0]])
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG")
+    response = admin_client.post(
+        "/admin/visual_search/look/add/",
+        {
+            "title": "Breakfast",
+            "image": SimpleUploadedFile("look.jpg", buffer.getvalue()),
+            "items-TOTAL_FORMS": "0",
+            "items-INITIAL_FORMS": "0",
+        },
+        follow=True,
+    )
+    assert response.status_code == 200
+    look = Look.objects.get(title="Breakfast")
+    suggested = list(look.items.all())
+    assert suggested and all(item.suggested for item in suggested)
+    assert "suggested hotspot(s)" in response.content.decode()
+    assert all(item.alternatives and 0 <= item.left < item.right <= 1 for item in suggested)
+    page = admin_client.get(f"/admin/visual_search/look/{look.pk}/change/").content.decode()
+    assert "vs-look__hotspot--suggested" in page  # the preview shows the suggestions
+    # The shopper sees only accepted hotspots.
+    render = lambda: Template("{% load visual_search %}{% shop_the_look look %}").render(  # noqa: E731
+        Context({"look": look})
+    )
+    assert "vs-look__hotspot" not in render()
+    first = suggested[0]
+    first.suggested = False
+    first.save()
+    html = render()
+    assert html.count('class="vs-look__hotspot"') == 1 and str(first.product) in html
+    assert "<details" in html and "<summary" in html  # keyboard-accessible, no JavaScript
+
+
+@pytest.mark.django_db
+def test_look_items_name_products_through_the_setting(make_product, photos):
+    product = make_product("Kiwi", photos("train", "Kiwi")[0])
+    look = Look(title="t")
+    look.image.save("t.jpg", ContentFile(photos("train", "Kiwi")[1].read_bytes()))
+    item = LookItem.objects.create(
+        look=look, product=product, left=0.1, top=0.1, right=0.5, bottom=0.6
+    )
+    assert item.centre == pytest.approx((30, 35))
+    product.delete()
+    assert not LookItem.objects.filter(pk=item.pk).exists()
