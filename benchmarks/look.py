@@ -11,6 +11,7 @@ in that group's top k. A group that overlaps no item that much is a false group.
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 import time
@@ -20,7 +21,8 @@ import common
 
 
 def composite(paths: list[Path], rng: random.Random, size: int = 800):
-    """Paste the photos without overlap; returns the canvas and the items' boxes."""
+    """Paste the photos without overlap; returns the canvas and each photo's box (None for a
+    photo that found no free place)."""
     from PIL import Image
 
     shade = rng.randint(215, 250)
@@ -40,6 +42,8 @@ def composite(paths: list[Path], rng: random.Random, size: int = 800):
                 canvas.paste(photo.resize((w, h)), (x, y))
                 boxes.append(box)
                 break
+        else:
+            boxes.append(None)
     return canvas, boxes
 
 
@@ -63,34 +67,35 @@ def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:
     from visual_search.look import group_regions, iou
 
     rows = []
-    for min_score in (0.4, 0.45, 0.5, 0.55, 0.6):
-        for relative in (0.6, 0.7, 0.75, 0.8, 0.85):
-            found = total = false = 0
-            for regions, picks, boxes in photos:
-                groups = group_regions(
-                    regions,
-                    k=k,
-                    min_score=min_score,
-                    relative=relative,
-                    merge_iou=0.3,
-                    suppress_iou=0.5,
-                )
-                for (_, fine), box in zip(picks, boxes, strict=True):
-                    found += any(
-                        iou(g.box, box) >= 0.5
-                        and fine in [fine_of[r.product.pk] for r in g.results]
-                        for g in groups
-                    )
-                false += sum(1 for g in groups if all(iou(g.box, b) < 0.5 for b in boxes))
-                total += len(boxes)
-            rows.append(
-                {
-                    "min_score": min_score,
-                    "relative": relative,
-                    f"recall@{k}": found / total,
-                    "false_groups_per_photo": false / len(photos),
-                }
+    grid = itertools.product((0.45, 0.5, 0.6), (0.7, 0.75, 0.8), (1, 2, 3))
+    for min_score, relative, support in grid:
+        found = total = false = 0
+        for regions, picks, boxes in photos:
+            groups = group_regions(
+                regions,
+                k=k,
+                min_score=min_score,
+                relative=relative,
+                merge_iou=0.3,
+                suppress_iou=0.5,
+                min_support=support,
             )
+            for (_, fine), box in zip(picks, boxes, strict=True):
+                found += any(
+                    iou(g.box, box) >= 0.5 and fine in [fine_of[r.product.pk] for r in g.results]
+                    for g in groups
+                )
+            false += sum(1 for g in groups if all(iou(g.box, b) < 0.5 for b in boxes))
+            total += len(boxes)
+        rows.append(
+            {
+                "min_score": min_score,
+                "relative": relative,
+                "min_support": support,
+                f"recall@{k}": found / total,
+                "false_groups_per_photo": false / len(photos),
+            }
+        )
     print("\nthreshold sweep (same regions):")
     print(common.table(rows, list(rows[0])))
     return rows
@@ -158,6 +163,8 @@ def main() -> None:
         count = rng.randint(int(low), int(high or low))
         picks = rng.sample(pool, count)
         canvas, boxes = composite([args.data / p for p, _ in picks], rng)
+        picks = [pick for pick, box in zip(picks, boxes, strict=True) if box is not None]
+        boxes = [box for box in boxes if box is not None]
         started = time.perf_counter()
         groups = services.shop_the_look(canvas, k=args.k)
         latencies.append(time.perf_counter() - started)
@@ -188,10 +195,10 @@ def main() -> None:
     print(common.table([row], list(row)))
     by_count = {n: hits / items for n, (hits, items) in sorted(per_count.items())}
     print("recall by items per photo:", {n: round(r, 3) for n, r in by_count.items()})
-    common.save(
-        args.output or f"look-{args.items}",
-        {"results": [row], "recall_by_items": by_count, "settings": services.vs_settings.LOOK},
-    )
+    payload = {"results": [row], "recall_by_items": by_count, "settings": services.vs_settings.LOOK}
+    if args.sweep:
+        payload["sweep"] = run_sweep(sweep, fine_of, args.k)
+    common.save(args.output or f"look-{args.items}", payload)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,7 @@ def test_openapi_schema_describes_the_endpoints(client):
     assert set(paths) == {
         "/api/visual-search/search/",
         "/api/visual-search/search/url/",
+        "/api/visual-search/look/",
         "/api/visual-search/products/{key}/similar/",
         "/api/visual-search/reindex/",
     }
@@ -164,6 +165,10 @@ def test_openapi_schema_describes_the_endpoints(client):
     assert "image" in schema["components"]["schemas"][props["$ref"].split("/")[-1]]["properties"]
     assert {"200", "400", "413"} <= set(search["responses"])
     assert "409" in paths["/api/visual-search/products/{key}/similar/"]["get"]["responses"]
+    look = paths["/api/visual-search/look/"]["post"]["responses"]["200"]["content"][
+        "application/json"
+    ]
+    assert look["schema"]["$ref"].endswith("/LookResults")
     docs = client.get("/api/visual-search/docs/")
     assert docs.status_code == 200 and b"swagger-ui" in docs.content
     assert b"cdn.jsdelivr" not in docs.content  # served from the sidecar, works offline

@@ -149,3 +149,35 @@ def test_an_unusable_file_shows_a_helpful_message(page, shop, tmp_path):
     assert "could not use that file" in error.inner_text()
     assert "not an image" in error.inner_text()
     screenshot(page, "search-error")
+
+
+def test_shop_the_look_page(page, shop, tmp_path):
+    from PIL import Image
+
+    canvas = Image.new("RGB", (800, 800), (238, 238, 232))
+    for index, name in enumerate(["Banana", "Arla-Standard-Milk"]):
+        photo = Image.open(grocery_photos("val", name)[0]).convert("RGB").resize((340, 340))
+        canvas.paste(photo, (30 + index * 420, 200))
+    look = tmp_path / "look.jpg"
+    canvas.save(look, "JPEG")
+    page.goto(f"{shop}/look/")
+    page.set_input_files("#look-image", str(look))
+    page.click("#look-form button[type=submit]")
+    page.wait_for_selector("#look-result")
+    boxes = page.locator(".look-box")
+    assert boxes.count() >= 1
+    names = page.locator(".look-group .card-name").all_inner_texts()
+    assert "Banana" in names or "Arla Standard Milk" in names, names
+    boxes.first.click()
+    assert "active" in boxes.first.get_attribute("class")
+    screenshot(page, "shop-the-look")
+    photo = page.locator("#look-photo-image").bounding_box()
+    page.mouse.move(photo["x"] + photo["width"] * 0.55, photo["y"] + photo["height"] * 0.27)
+    page.mouse.down()
+    page.mouse.move(
+        photo["x"] + photo["width"] * 0.95, photo["y"] + photo["height"] * 0.68, steps=6
+    )
+    page.mouse.up()
+    page.wait_for_selector("#box-results:not([hidden]) .card-name")
+    assert "Arla Standard Milk" in page.locator("#box-grid .card-name").all_inner_texts()
+    screenshot(page, "shop-the-look-box")

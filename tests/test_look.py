@@ -52,7 +52,7 @@ def test_grouping_merges_agreeing_regions_and_drops_weak_and_scene_boxes():
         Region((0, 0, 100, 100), [Neighbour(a, "x", 0.9), Neighbour(c, "x", 0.5)]),
         Region((10, 10, 110, 110), [Neighbour(a, "x", 0.8)]),  # same item, merges
         Region((300, 300, 400, 400), [Neighbour(b, "x", 0.85)]),
-        Region((305, 300, 400, 400), [Neighbour(c, "x", 0.7)]),  # same spot, weaker: suppressed
+        Region((305, 300, 400, 400), [Neighbour(c, "x", 0.7)]),  # same spot: pooled, no group
         Region((600, 0, 700, 100), [Neighbour(c, "x", 0.3)]),  # weak: dropped
         Region((0, 0, 800, 800), [Neighbour(c, "x", 0.8)]),  # holds both items: the scene
     ]
@@ -61,9 +61,19 @@ def test_grouping_merges_agreeing_regions_and_drops_weak_and_scene_boxes():
     )
     assert [(g.box, [r.product.pk for r in g.results]) for g in groups] == [
         ((0, 0, 100, 100), [1, 3]),
-        ((300, 300, 400, 400), [2]),
+        ((300, 300, 400, 400), [2, 3]),
     ]
-    assert groups[0].regions == 2
+    assert [g.regions for g in groups] == [2, 2]
+    single = group_regions(
+        regions[2:3],
+        k=2,
+        min_score=0.45,
+        relative=0.5,
+        merge_iou=0.3,
+        suppress_iou=0.5,
+        min_support=2,
+    )
+    assert single == []  # a region nobody else backs is not an item
 
 
 def look_photo(paths, size=800):

@@ -94,12 +94,14 @@ DEFAULTS: dict[str, Any] = {
         "DETECTOR": "visual_search.look.ActivationGridDetector",
         "DETECTOR_OPTIONS": {},
         # A region's best match must reach MIN_SCORE (cosine) and RELATIVE x the photo's best.
-        "MIN_SCORE": 0.45,
-        "RELATIVE": 0.75,
+        "MIN_SCORE": 0.6,
+        "RELATIVE": 0.7,
         # Regions agreeing on a product merge above MERGE_IOU; above SUPPRESS_IOU the weaker
         # region is a duplicate of the same spot whatever it matched.
         "MERGE_IOU": 0.3,
         "SUPPRESS_IOU": 0.5,
+        # Regions (the group's own and those on it) an item needs to count: cuts false groups.
+        "MIN_SUPPORT": 2,
         "MAX_SIDE": 1024,  # look photos are scaled down to this before proposing regions
     },
     "CACHE": {

@@ -145,6 +145,7 @@ def shop_the_look(
         relative=float(look["RELATIVE"]),
         merge_iou=float(look["MERGE_IOU"]),
         suppress_iou=float(look["SUPPRESS_IOU"]),
+        min_support=int(look["MIN_SUPPORT"]),
     )
     for group in groups:  # back to the caller's pixels
         group.box = tuple(round(v * scale, 1) for v in group.box)
