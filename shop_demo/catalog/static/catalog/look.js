@@ -1,35 +1,44 @@
 // Shop the look: highlight the picked item's products; drag a box on the photo to search it
-// (through the visual search API, with the photo still in the file input).
+// (through the visual search API, sending the photo the page shows).
 (function () {
   const photo = document.getElementById("look-photo");
-  const input = document.getElementById("look-image");
   if (!photo) return;
   const img = document.getElementById("look-photo-image");
   const draw = document.getElementById("look-draw");
   const grid = document.getElementById("box-grid");
   const boxResults = document.getElementById("box-results");
-  photo.querySelectorAll(".look-box").forEach((box) => box.addEventListener("click", () => {
+  const pick = (box) => {
     photo.querySelectorAll(".look-box").forEach((b) => b.classList.toggle("active", b === box));
+    location.hash = box.getAttribute("href");
+  };
+  // Keyboard users pick a box with Enter (it is a link); the pointer handlers below see both
+  // a click on a box and a drag that draws a new one.
+  photo.querySelectorAll(".look-box").forEach((box) => box.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") pick(box);
   }));
-  let start = null;
+  photo.querySelectorAll(".look-box").forEach((box) => box.addEventListener("click", (e) => e.preventDefault()));
+  let start = null, pressed = null;
   const at = (e) => {
     const r = img.getBoundingClientRect();
     return { x: Math.max(0, Math.min(r.width, e.clientX - r.left)), y: Math.max(0, Math.min(r.height, e.clientY - r.top)) };
   };
-  img.addEventListener("dragstart", (e) => e.preventDefault());
-  img.addEventListener("pointerdown", (e) => { start = at(e); img.setPointerCapture(e.pointerId); });
-  img.addEventListener("pointermove", (e) => {
+  photo.addEventListener("dragstart", (e) => e.preventDefault());
+  photo.addEventListener("pointerdown", (e) => {
+    start = at(e); pressed = e.target.closest(".look-box");
+    photo.setPointerCapture(e.pointerId);
+  });
+  photo.addEventListener("pointermove", (e) => {
     if (!start) return;
     const p = at(e);
     Object.assign(draw.style, { left: Math.min(p.x, start.x) + "px", top: Math.min(p.y, start.y) + "px",
       width: Math.abs(p.x - start.x) + "px", height: Math.abs(p.y - start.y) + "px" });
     draw.hidden = false;
   });
-  img.addEventListener("pointerup", async (e) => {
+  photo.addEventListener("pointerup", async (e) => {
     if (!start) return;
     const p = at(e), s = start; start = null;
     const w = Math.abs(p.x - s.x), h = Math.abs(p.y - s.y);
-    if (w < 10 || h < 10 || !input.files.length) { draw.hidden = true; return; }
+    if (w < 10 || h < 10) { draw.hidden = true; if (pressed) pick(pressed); return; }
     const kx = img.naturalWidth / img.clientWidth, ky = img.naturalHeight / img.clientHeight;
     // The page shows the photo as decoded (EXIF-rotated, maybe scaled): send that copy.
     const blob = await (await fetch(img.src)).blob();
