@@ -183,3 +183,16 @@ def catalogue(make_product, photos):
 
     services.embed_many([p.pk for p in made.values()])
     return made
+
+
+@pytest.fixture(autouse=True)
+def _fresh_space_caches():
+    """Each test's database starts over, so must the per-process knowledge of its spaces."""
+    from django.core.cache import cache
+
+    from visual_search.spaces import forget_spaces
+
+    cache.clear()
+    forget_spaces()
+    yield
+    forget_spaces()

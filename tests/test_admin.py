@@ -49,7 +49,7 @@ def test_status_page(client, catalogue, staff, make_product):
     make_product("Not yet", None)
     client.force_login(staff("viewer", reindex=False))
     page = client.get(reverse("admin:visual_search_productembedding_status")).content.decode()
-    assert "tf_efficientnet_lite0/package (current)" in page
+    assert "tf_efficientnet_lite0/package (current encoder)" in page
     assert 'id="vs-missing">1<' in page
     assert "valid (" in page  # the HNSW index exists and is valid
     assert "Reindex missing and failed" not in page  # no permission: no button

@@ -9,7 +9,7 @@ from django.template import Context, Template
 from django.test.utils import CaptureQueriesContext
 
 from visual_search import services
-from visual_search.spaces import get_current_space
+from visual_search.spaces import query_space
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def test_simple_tag_gives_results_for_custom_markup(catalogue):
 
 
 def test_carousel_is_one_query_then_cached(catalogue, django_assert_num_queries):
-    get_current_space()  # the space row is read once per process, then kept
+    query_space()  # the space row (per process) and the active space (cached 30 s) are known
     with django_assert_num_queries(1):
         html = render("{% similar_products_carousel product 3 %}", product=catalogue["Banana"])
     assert html.count('class="vs-carousel__item"') == 3

@@ -92,6 +92,21 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         pks = list(queryset.values_list("product_id", flat=True).distinct())
         queue_and_report(self, request, pks)
 
+    def _queue_adaptation(self, request: HttpRequest) -> None:
+        try:
+            from visual_search.tasks import adapt_task
+
+            adapt_task.apply_async(retry=True, retry_policy={"max_retries": 1, "interval_start": 0})
+        except Exception as exc:
+            self.message_user(request, f"Could not queue the adaptation: {exc}", messages.ERROR)
+            return
+        self.message_user(
+            request,
+            "Adaptation queued: a worker learns it, checks it on held-out images and switches "
+            "to it only if it is better. Reload this page in a minute for the report.",
+            messages.SUCCESS,
+        )
+
     def get_urls(self) -> list:
         info = self.model._meta.app_label, self.model._meta.model_name
         return [
@@ -109,10 +124,19 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         if request.method == "POST":
             if not can_reindex(request):
                 raise PermissionDenied
-            pks = list(services.products_to_reindex("missing")) + list(
-                services.products_to_reindex("failed")
-            )
-            queue_and_report(self, request, list(dict.fromkeys(pks)))
+            action = request.POST.get("action", "reindex")
+            if action == "adapt":
+                self._queue_adaptation(request)
+            elif action == "revert":
+                from visual_search.adaptation import switch
+
+                switch(None)
+                self.message_user(request, "Queries run in the base space again.", messages.SUCCESS)
+            else:
+                pks = list(services.products_to_reindex("missing")) + list(
+                    services.products_to_reindex("failed")
+                )
+                queue_and_report(self, request, list(dict.fromkeys(pks)))
             return HttpResponseRedirect(request.path)
         context = {
             **self.admin_site.each_context(request),

@@ -34,7 +34,8 @@ def cached_similar(product: Any, k: int) -> list[Any]:
         return _similar_or_empty(services, product, k)
     cache = _cache()
     version = cache.get(_version_key(product.pk)) or 0
-    key = f"visual_search:similar:{services.current_space_name()}:{product.pk}:{k}:{version}"
+    space = services.query_space()
+    key = f"visual_search:similar:{space.name if space else ''}:{product.pk}:{k}:{version}"
     found = cache.get(key)
     if found is None:
         found = _similar_or_empty(services, product, k)

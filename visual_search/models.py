@@ -20,11 +20,30 @@ class EmbeddingSpace(models.Model):
     # Unknown until the encoder first runs (in a worker), so a web process never loads it.
     dimension = models.PositiveIntegerField(_("dimension"), null=True, blank=True)
     encoder = models.JSONField(_("encoder configuration"), default=dict)
+    # An adapted space (see adaptation.py) is derived from a base space by a linear transform;
+    # at most one space per base is active, and queries then run in it.
+    base = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="derived",
+        verbose_name=_("derived from"),
+    )
+    is_active = models.BooleanField(_("active"), default=False)
+    report = models.JSONField(_("evaluation report"), default=dict, blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     class Meta:
         verbose_name = _("embedding space")
         verbose_name_plural = _("embedding spaces")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["base"],
+                condition=models.Q(is_active=True),
+                name="visual_search_one_active_space_per_base",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.dimension or '?'}d)"

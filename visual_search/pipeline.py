@@ -13,9 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from django.db import models, transaction
 from PIL import Image
 
+from visual_search.adaptation import to_space
 from visual_search.cache import invalidate
 from visual_search.encoders import Encoder, get_encoder
 from visual_search.exceptions import UnusableImage
@@ -62,7 +64,10 @@ def sync_gallery_rows(
     gallery = product_images(product)
     keys = [image.key for image in gallery]
     rows = ProductEmbedding.objects.filter(product_id=product.pk, space=space)
-    removed, _ = rows.exclude(image_key__in=keys).delete()
+    # A removed image leaves every space, adapted ones included.
+    removed, _ = (
+        ProductEmbedding.objects.filter(product_id=product.pk).exclude(image_key__in=keys).delete()
+    )
     if removed:
         invalidate([product.pk])
     existing = set(rows.values_list("image_key", flat=True))
@@ -159,6 +164,22 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
         for item, vector in zip(batch, vectors, strict=True)
     ]
     _upsert(rows, ["content_hash", "embedding", "status", "error", "updated_at"])
+    for derived in space.derived.all():  # adapted spaces stay complete: a transform, no model
+        _upsert(
+            [
+                ProductEmbedding(
+                    product_id=row.product_id,
+                    space=derived,
+                    image_key=row.image_key,
+                    content_hash="derived",
+                    embedding=vector,
+                    status=EmbeddingStatus.READY,
+                    error="",
+                )
+                for row, vector in zip(rows, to_space(derived, np.asarray(vectors)), strict=True)
+            ],
+            ["content_hash", "embedding", "status", "error", "updated_at"],
+        )
     invalidate({item.product_pk for item in batch})
 
 

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
 
+from visual_search.adaptation import to_space
 from visual_search.conf import vs_settings
 from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import ProductNotFound, VisualSearchError
@@ -30,7 +31,7 @@ from visual_search.queries import (
     nearest_per_query,
     nearest_products,
 )
-from visual_search.spaces import current_space_name, ensure_current_space, get_current_space
+from visual_search.spaces import current_space_name, ensure_current_space, query_space
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def similar_products(
     """
     _check_k(k)
     pk = product.pk if isinstance(product, models.Model) else _resolve_product(product).pk
-    space = get_current_space()
+    space = query_space()
     found: list[Neighbour] = []
     if space is not None and space.dimension is not None:
         found = nearest_products(space, k=k, of_product=pk, queryset=_products(queryset))
@@ -105,12 +106,18 @@ def search_by_image(
     """
     _check_k(k)
     picture = load_image(image, box=box)
+    vector, space = _encode_for_query([picture])
+    return _results(nearest_products(space, k=k, vectors=vector, queryset=_products(queryset)))
+
+
+def _encode_for_query(pictures: list) -> tuple[Any, EmbeddingSpace]:
+    """Encode with the current encoder, in the space queries run in (adapted if active)."""
     encoder = get_encoder()
-    vector = encoder.encode([picture])
-    space = get_current_space()
+    vectors = encoder.encode(pictures)
+    space = query_space()
     if space is None or space.dimension is None:
         space = ensure_current_space(encoder, with_dimension=True)
-    return _results(nearest_products(space, k=k, vectors=vector, queryset=_products(queryset)))
+    return to_space(space, vectors), space
 
 
 def shop_the_look(
@@ -132,11 +139,9 @@ def shop_the_look(
     proposals = [
         Proposal(*p) if not isinstance(p, Proposal) else p for p in get_detector().propose(picture)
     ]
-    encoder = get_encoder()
-    vectors = encoder.encode([picture.crop(tuple(round(v) for v in p.box)) for p in proposals])
-    space = get_current_space()
-    if space is None or space.dimension is None:
-        space = ensure_current_space(encoder, with_dimension=True)
+    vectors, space = _encode_for_query(
+        [picture.crop(tuple(round(v) for v in p.box)) for p in proposals]
+    )
     matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
     groups = group_regions(
         [Region(p.box, found, p.precise) for p, found in zip(proposals, matches, strict=True)],
@@ -311,6 +316,16 @@ def status_counts() -> dict[str, dict[str, int]]:
     return counts
 
 
+def _evaluation(report: dict[str, Any]) -> str:
+    if not report.get("before"):
+        return ""
+    before, after = report["before"], report["after"]
+    return (
+        f"{before['R@1']:.3f} / {before['R@5']:.3f} → {after['R@1']:.3f} / {after['R@5']:.3f} "
+        f"({report.get('held_out_images')} held-out images)"
+    )
+
+
 def status_report() -> dict[str, Any]:
     """What the status page and the status command show."""
     current = current_space_name()
@@ -324,6 +339,9 @@ def status_report() -> dict[str, Any]:
             {
                 "name": name,
                 "current": name == current,
+                "active": bool(space and space.is_active),
+                "derived_from": space.base_id if space else None,
+                "evaluation": _evaluation(space.report if space else {}),
                 "dimension": space.dimension if space else None,
                 "counts": by_status,
                 "index": state,
@@ -351,6 +369,7 @@ __all__ = [
     "mark_pending",
     "encoder_for_space",
     "products_to_reindex",
+    "query_space",
     "queue_products",
     "reindex",
     "schedule_embedding",

@@ -102,8 +102,13 @@ class VisualSearchView(APIView):
         return merged
 
     def results(self, request: Request, results: list[services.SearchResult]) -> Response:
-        data = {"count": len(results), "space": services.current_space_name(), "results": results}
+        data = {"count": len(results), "space": _space_name(), "results": results}
         return Response(ResultsSerializer(data, context={"request": request}).data)
+
+
+def _space_name() -> str:
+    space = services.query_space()
+    return space.name if space else services.current_space_name()
 
 
 FILTER_NOTE = "Any filter the shop declared in VISUAL_SEARCH['API']['FILTERS'] may be added."
@@ -197,7 +202,7 @@ class ShopTheLookView(VisualSearchView):
             raise image_error(exc)
         data = {
             "count": len(groups),
-            "space": services.current_space_name(),
+            "space": _space_name(),
             "width": picture.width,
             "height": picture.height,
             "groups": [
