@@ -14,9 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import common
 
@@ -35,28 +33,15 @@ def main() -> None:
 
     common.setup_django("ingestion", fresh=True)
     from django.conf import settings
-    from django.core.files import File
     from django.db import connection
-    from retrieval import read_classes, read_split
+    from retrieval import build_catalogue
 
-    from shop_demo.catalog.models import Product, ProductImage
+    from shop_demo.catalog.models import ProductImage
     from visual_search import embedded, services
     from visual_search.conf import vs_settings
     from visual_search.models import ProductEmbedding
 
-    classes = read_classes(args.data)
-    products = {}
-    for entry in classes:
-        product = Product(name=entry["name"], slug=entry["name"].lower()[:200])
-        with open(args.data / entry["iconic"], "rb") as handle:
-            product.image.save(Path(entry["iconic"]).name, File(handle))
-        products[entry["id"]] = product
-    for split in [s for s in args.gallery.split(",") if s]:
-        for position, (path, fine) in enumerate(read_split(args.data, split)):
-            if fine in products:
-                image = ProductImage(product=products[fine], position=position)
-                with open(args.data / path, "rb") as handle:
-                    image.image.save(Path(path).name, File(handle))
+    products = build_catalogue(args.data, args.gallery.split(","))
     pks = [p.pk for p in products.values()]
     images = len(pks) + ProductImage.objects.count()
     print(f"{len(pks)} products, {images} images")
@@ -73,19 +58,7 @@ def main() -> None:
     for chunk in [int(c) for c in args.chunks.split(",")]:
         ProductEmbedding.objects.all().delete()
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "shop_demo",
-                "worker",
-                "--concurrency=1",
-                "--loglevel=WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--purge",
-            ],
+            embedded.worker_command("shop_demo", "--purge"),
             cwd=common.REPO,
             env=env,
             start_new_session=True,

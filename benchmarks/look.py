@@ -125,29 +125,12 @@ def main() -> None:
     args = parser.parse_args()
 
     common.setup_django("look", fresh=not args.reuse)
-    from django.core.files import File
-    from retrieval import read_classes, read_split
+    from retrieval import build_catalogue, read_split
 
-    from shop_demo.catalog.models import Product, ProductImage
     from visual_search import services
     from visual_search.look import iou
 
-    products = {}
-    existing = {p.name: p for p in Product.objects.all()} if args.reuse else {}
-    for entry in read_classes(args.data):
-        if entry["name"] in existing:
-            products[entry["id"]] = existing[entry["name"]]
-            continue
-        product = Product(name=entry["name"], slug=entry["name"].lower()[:200])
-        with open(args.data / entry["iconic"], "rb") as handle:
-            product.image.save(Path(entry["iconic"]).name, File(handle))
-        products[entry["id"]] = product
-    for split in [s for s in args.gallery.split(",") if s and not existing]:
-        for position, (path, fine) in enumerate(read_split(args.data, split)):
-            if fine in products:
-                image = ProductImage(product=products[fine], position=position)
-                with open(args.data / path, "rb") as handle:
-                    image.image.save(Path(path).name, File(handle))
+    products = build_catalogue(args.data, args.gallery.split(","), reuse=args.reuse)
     started = time.monotonic()
     services.embed_many([p.pk for p in products.values()])
     print(f"catalogue: {len(products)} products embedded in {time.monotonic() - started:.0f} s")

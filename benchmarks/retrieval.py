@@ -16,6 +16,7 @@ import csv
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import common
 
@@ -39,6 +40,32 @@ def read_classes(data: Path) -> list[dict[str, str]]:
             }
             for r in csv.DictReader(handle)
         ]
+
+
+def build_catalogue(data: Path, splits: list[str], *, reuse: bool = False) -> dict[str, Any]:
+    """One product per class with its studio image, plus the photos of ``splits`` as its
+    gallery; {fine class id: product}. ``reuse`` keeps the products an earlier run made."""
+    from django.core.files import File
+
+    from shop_demo.catalog.models import Product, ProductImage
+
+    existing = {p.name: p for p in Product.objects.all()} if reuse else {}
+    products = {}
+    for entry in read_classes(data):
+        if entry["name"] in existing:
+            products[entry["id"]] = existing[entry["name"]]
+            continue
+        product = Product(name=entry["name"], slug=entry["name"].lower()[:200])
+        with open(data / entry["iconic"], "rb") as handle:
+            product.image.save(Path(entry["iconic"]).name, File(handle))
+        products[entry["id"]] = product
+    for split in [s for s in splits if s and not existing]:
+        for position, (path, fine) in enumerate(read_split(data, split)):
+            if fine in products:
+                image = ProductImage(product=products[fine], position=position)
+                with open(data / path, "rb") as handle:
+                    image.image.save(Path(path).name, File(handle))
+    return products
 
 
 def metrics(ranks: list[int | None]) -> dict[str, float]:

@@ -6,7 +6,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,21 +102,13 @@ def celery_worker(
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
+            embedded.worker_command(
                 "shop_demo",
-                "worker",
-                "--concurrency=1",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
                 "--without-heartbeat",
                 "--hostname=vs-test@%h",
                 "--purge",
-            ],
+                loglevel="INFO",
+            ),
             cwd=REPO,
             env=env,
             stdout=out,

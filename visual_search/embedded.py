@@ -136,6 +136,23 @@ def stop_redis(datadir: Path) -> None:
             pass  # the server closes the connection as it exits
 
 
+def worker_command(app: str, *extra: str, loglevel: str = "WARNING") -> list[str]:
+    """argv of one local Celery worker (prefork, one child) for the demo, tests and benchmarks."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--concurrency=1",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+        *extra,
+    ]
+
+
 def stop_all(datadir: Path) -> None:
     stop_redis(datadir)
     stop_postgres(datadir)

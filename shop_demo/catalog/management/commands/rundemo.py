@@ -46,18 +46,7 @@ class Command(BaseCommand):
         python = sys.executable
         children = [
             subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "shop_demo",
-                    "worker",
-                    "--concurrency=1",
-                    "--loglevel=WARNING",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
+                embedded.worker_command("shop_demo"),
                 env=env,
                 start_new_session=True,
             ),
