@@ -56,9 +56,10 @@ def test_status_page(client, catalogue, staff, make_product):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_status_page_reindex_button(client, celery_worker, staff, make_product, photos):
-    product = make_product("Kiwi", photos("train", "Kiwi")[3])
-    ProductEmbedding.objects.filter(product_id=product.pk).delete()  # as if never embedded
+def test_status_page_reindex_button(client, celery_worker, staff, make_product, photos, settings):
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "AUTO_EMBED": False}
+    product = make_product("Kiwi", photos("train", "Kiwi")[3])  # saved, never embedded
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "AUTO_EMBED": True}
     url = reverse("admin:visual_search_productembedding_status")
     client.force_login(staff("viewer", reindex=False))
     assert client.post(url).status_code == 403
