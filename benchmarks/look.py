@@ -121,6 +121,11 @@ def main() -> None:
         action="store_true",
         help="keep the catalogue of the last run (same --data and --gallery)",
     )
+    parser.add_argument(
+        "--adapt",
+        action="store_true",
+        help="search in the catalogue-adapted space (learned from the gallery)",
+    )
     parser.add_argument("--output", default="")
     args = parser.parse_args()
 
@@ -135,6 +140,11 @@ def main() -> None:
     services.embed_many([p.pk for p in products.values()])
     print(f"catalogue: {len(products)} products embedded in {time.monotonic() - started:.0f} s")
     fine_of = {p.pk: fine for fine, p in products.items()}
+    if args.adapt:
+        from visual_search import adaptation
+
+        adapted = adaptation.adapt(force=True)
+        print(f"searching in {adapted.space.name} (held-out {adapted.report['after']})")
 
     sweep: list[tuple[list, list, list]] = []  # (regions, picks, boxes) per photo
     rng = random.Random(args.seed)
