@@ -134,13 +134,16 @@ def main() -> None:
     args = parser.parse_args()
 
     common.setup_django("scale", fresh=True)
-    if args.maintenance_work_mem:
-        from django.conf import settings
+    from django.conf import settings
 
-        settings.VISUAL_SEARCH["HNSW"] = {
-            **settings.VISUAL_SEARCH.get("HNSW", {}),
-            "MAINTENANCE_WORK_MEM": args.maintenance_work_mem,
-        }
+    hnsw = dict(settings.VISUAL_SEARCH.get("HNSW", {}))
+    if args.maintenance_work_mem:
+        hnsw["MAINTENANCE_WORK_MEM"] = args.maintenance_work_mem
+    if args.m:
+        hnsw["M"] = args.m
+    if args.ef_construction:
+        hnsw["EF_CONSTRUCTION"] = args.ef_construction
+    settings.VISUAL_SEARCH["HNSW"] = hnsw
     import numpy as np
     from django.db import connection
 
@@ -233,6 +236,7 @@ def main() -> None:
         {
             "products": n,
             "maintenance_work_mem": args.maintenance_work_mem or "setting",
+            "hnsw": {k: v for k, v in hnsw.items() if k != "MAINTENANCE_WORK_MEM"},
             "dimension": DIM,
             "queries": args.queries,
             "load_seconds": round(load_seconds, 1),

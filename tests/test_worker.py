@@ -86,3 +86,37 @@ def test_save_succeeds_while_the_broker_is_down(make_product, photos, settings):
     assert product.pk in list(services.products_to_reindex("missing"))
     assert services.reindex("missing", inline=True) >= 1
     assert statuses(product) == {EmbeddingStatus.READY}
+
+
+def test_transient_failure_is_retried_with_backoff(celery_worker, make_product, photos, settings):
+    """Storage that fails for a while (here: the file briefly replaced by a directory, an
+    OSError that is not "file not found") is retried by the task until it works."""
+    import shutil
+    from pathlib import Path
+
+    from visual_search import services
+
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "AUTO_EMBED": False}
+    product = make_product("Lemon later", photos("train", "Lemon")[2])
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "AUTO_EMBED": True}
+    field = product.photo if hasattr(product, "photo") else product.image
+    path = Path(field.path)
+    saved = path.read_bytes()
+    path.unlink()
+    path.mkdir()  # reading it now raises IsADirectoryError
+    log_start = len(celery_worker.read_bytes())
+    assert services.schedule_embedding([product.pk])
+    wait_for(
+        lambda: b"Retry in" in celery_worker.read_bytes()[log_start:],
+        timeout=60,
+        what="the task to schedule a retry",
+        log=celery_worker,
+    )
+    shutil.rmtree(path)
+    path.write_bytes(saved)  # the storage is back
+    wait_for(
+        lambda: statuses(product) == {EmbeddingStatus.READY},
+        timeout=60,
+        what="the retried task to succeed",
+        log=celery_worker,
+    )
