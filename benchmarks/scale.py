@@ -124,6 +124,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef-search", default="20,40,100,200", help="values to sweep")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--m", type=int, default=0, help="HNSW m (default: the setting, 16)")
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        default=0,
+        help="HNSW ef_construction (default: the setting, 64)",
+    )
     parser.add_argument(
         "--maintenance-work-mem",
         default="",
