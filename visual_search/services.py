@@ -274,13 +274,17 @@ def products_to_reindex(which: str = "missing", *, space: str | None = None) -> 
 
 
 def queue_products(
-    pks: Sequence[Any], *, force: bool = False, space: str | None = None
+    pks: Sequence[Any],
+    *,
+    force: bool = False,
+    space: str | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[int, int]:
     """Queue embedding in chunks of ADMIN.CHUNK_SIZE; returns (products, tasks) queued.
 
     Raises VisualSearchError when the broker is unreachable.
     """
-    chunk_size = int(vs_settings.ADMIN["CHUNK_SIZE"])
+    chunk_size = chunk_size or int(vs_settings.ADMIN["CHUNK_SIZE"])
     tasks = 0
     for start in range(0, len(pks), chunk_size):
         if not schedule_embedding(pks[start : start + chunk_size], force=force, space=space):

@@ -101,6 +101,12 @@ class VisualSearchView(APIView):
                     merged[key] = value
         return merged
 
+    def upload(self, request: Request) -> tuple[dict[str, Any], Any]:
+        """The request's parameters and its photo; a clear 400 when no photo was sent."""
+        if "image" not in request.FILES:
+            raise ApiError('Send the photo as a multipart file field named "image".', "no_file")
+        return self.params(request), request.FILES["image"]
+
     def results(self, request: Request, results: list[services.SearchResult]) -> Response:
         data = {"count": len(results), "space": _space_name(), "results": results}
         return Response(ResultsSerializer(data, context={"request": request}).data)
@@ -126,10 +132,8 @@ class SearchByImageView(VisualSearchView):
         responses={200: ResultsSerializer, **ERRORS, 413: OpenApiResponse(ErrorSerializer)},
     )
     def post(self, request: Request) -> Response:
-        if "image" not in request.FILES:
-            raise ApiError('Send the photo as a multipart file field named "image".', "no_file")
-        params = self.params(request)
-        values = self.validated(ImageSearchSerializer, {**params, "image": request.FILES["image"]})
+        params, photo = self.upload(request)
+        values = self.validated(ImageSearchSerializer, {**params, "image": photo})
         queryset = filtered_queryset(request, params, self.reserved_params)
         try:
             found = services.search_by_image(
@@ -187,10 +191,8 @@ class ShopTheLookView(VisualSearchView):
         responses={200: LookResultsSerializer, **ERRORS, 413: OpenApiResponse(ErrorSerializer)},
     )
     def post(self, request: Request) -> Response:
-        if "image" not in request.FILES:
-            raise ApiError('Send the photo as a multipart file field named "image".', "no_file")
-        params = self.params(request)
-        serializer = LookSerializer(data={**params, "image": request.FILES["image"]})
+        params, photo = self.upload(request)
+        serializer = LookSerializer(data={**params, "image": photo})
         serializer.is_valid(raise_exception=True)
         k = serializer.validated_data.get("k", 4)
         queryset = filtered_queryset(request, params, self.reserved_params)

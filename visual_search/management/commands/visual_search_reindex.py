@@ -63,14 +63,13 @@ class Command(BaseCommand):
             self._inline(pks, force, space, size)
 
     def _queue(self, pks: list, force: bool, space: str | None, size: int) -> None:
-        tasks = 0
-        for start in range(0, len(pks), size):
-            if not services.schedule_embedding(pks[start : start + size], force=force, space=space):
-                raise CommandError(
-                    f"The broker is unreachable; queued {start} of {len(pks)} products."
-                )
-            tasks += 1
-        self.stdout.write(self.style.SUCCESS(f"Queued {len(pks)} products in {tasks} tasks."))
+        try:
+            products, tasks = services.queue_products(
+                pks, force=force, space=space, chunk_size=size
+            )
+        except services.VisualSearchError as exc:
+            raise CommandError(str(exc))
+        self.stdout.write(self.style.SUCCESS(f"Queued {products} products in {tasks} tasks."))
 
     def _inline(self, pks: list, force: bool, space: str | None, size: int) -> None:
         total = services.EmbedReport()
