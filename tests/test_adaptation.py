@@ -43,7 +43,7 @@ def test_adapt_checks_on_held_out_images_then_switches_and_reverts(
     labelled_catalogue, make_product, photos
 ):
     base = query_space()
-    out = run("--dims", "19")
+    out = run("--method", "whitening", "--dims", "19")
     assert "held-out R@1" in out and '"before"' in out and "active" in out
     adapted = query_space()
     assert adapted.base_id == base.name and adapted.dimension == 19 and adapted.is_active
@@ -71,9 +71,49 @@ def test_adapt_checks_on_held_out_images_then_switches_and_reverts(
     assert query_space().name == adapted.name
 
 
+def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces(
+    labelled_catalogue, make_product, photos
+):
+    from visual_search.adaptation import space_encoder
+    from visual_search.images import load_image
+    from visual_search.models import SpaceWeights
+
+    base = query_space()
+    out = run("--method", "finetune", "--epochs", "3")
+    assert "epoch 3/3" in out and "encoded" in out
+    adapted = query_space()
+    assert adapted.base_id == base.name and adapted.dimension == base.dimension
+    assert SpaceWeights.objects.filter(space=adapted).exists()
+    report = adapted.report
+    assert report["method"] == "finetune" and report["after"]["R@1"] > report["before"]["R@1"]
+    assert (
+        ProductEmbedding.objects.filter(space=adapted, status="ready").count()
+        == ProductEmbedding.objects.filter(space=base, status="ready").count()
+    )
+    # The fine-tuned model is not the base one: its vectors differ, for the same image.
+    kiwi = labelled_catalogue["Kiwi"]
+    row = ProductEmbedding.objects.filter(product_id=kiwi.pk, space=adapted).first()
+    twin = ProductEmbedding.objects.get(product_id=kiwi.pk, space=base, image_key=row.image_key)
+    assert float(np.asarray(row.embedding) @ np.asarray(twin.embedding)) < 0.98
+    # Photo searches run through the fine-tuned model and carry a confidence.
+    results = services.search_by_image(photos("val", "Kiwi")[0], k=3)
+    assert results[0].product == kiwi and 0 < results[0].confidence <= 1
+    assert results[0].confidence > results[1].confidence
+    # A product saved now is encoded by both models.
+    fresh = make_product("Kiwi too", photos("train", "Kiwi")[-1])
+    services.embed_product(fresh)
+    stored = ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted)
+    expected = space_encoder(adapted).encode([load_image(photos("train", "Kiwi")[-1])])[0]
+    assert float(np.asarray(stored.embedding) @ expected) > 0.999
+    assert ProductEmbedding.objects.filter(product_id=fresh.pk, space=base, status="ready").exists()
+    run("--revert")
+    assert query_space() == base
+    assert services.search_by_image(photos("val", "Kiwi")[0], k=1)[0].product in (kiwi, fresh)
+
+
 def test_adaptation_that_is_not_better_is_refused(labelled_catalogue):
     with pytest.raises(CommandError, match="not better"):
-        run("--dims", "1")
+        run("--method", "whitening", "--dims", "1")
     assert not EmbeddingSpace.objects.filter(base__isnull=False).exists()
     assert query_space().base_id is None
 
@@ -112,3 +152,40 @@ def test_admin_button_adapts_in_a_worker(
     )
     client.post(url, {"action": "revert"})
     assert not EmbeddingSpace.objects.filter(is_active=True).exists()
+
+
+def test_calibrated_confidence_lets_the_api_say_no_match(labelled_catalogue, photos, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
+
+    def search(path, **data):
+        photo = SimpleUploadedFile("photo.jpg", path.read_bytes())
+        response = APIClient().post(
+            "/api/visual-search/search/", {"image": photo, "k": 3, **data}, format="multipart"
+        )
+        assert response.status_code == 200, response.json()
+        return response.json()
+
+    # Before any calibration there is no confidence, and a threshold cannot decide.
+    uncalibrated = search(photos("val", "Kiwi")[0], min_confidence=0.5)
+    assert uncalibrated["match"] is None and uncalibrated["results"][0]["confidence"] is None
+    run("--method", "whitening", "--dims", "19")
+    known = search(photos("val", "Kiwi")[0])
+    stranger = search(photos("val", "Pineapple")[0])  # not sold by this shop
+    assert known["match"] is None  # no threshold set: every search answers
+    high, low = known["results"][0]["confidence"], stranger["results"][0]["confidence"]
+    assert high > low
+    threshold = round((high + low) / 2, 4)
+    answered = search(photos("val", "Kiwi")[0], min_confidence=threshold)
+    assert answered["match"] is True and answered["results"][0]["product"]["name"] == "Kiwi"
+    refused = search(photos("val", "Pineapple")[0], min_confidence=threshold)
+    assert refused == {
+        "count": 0,
+        "space": refused["space"],
+        "match": False,
+        "min_confidence": threshold,
+        "results": [],
+    }
+    # The shop's own threshold applies when a request gives none.
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "QUERY": {"MIN_CONFIDENCE": threshold}}
+    assert search(photos("val", "Pineapple")[0])["match"] is False

@@ -1,29 +1,45 @@
 """Catalogue adaptation: a space learned from the shop's own products, beside the current one.
 
-Learned whitening (closed form): whiten the covariance of images *within* a product (the
-variation that does not tell products apart: light, angle, background), then keep the main
-directions *between* products. It is fitted on the catalogue's products that have several
-images, evaluated on held-out images of those products before anything is switched, stored
-as a new embedding space derived from the current one (its vectors are a linear transform of
-the stored ones, so no image is encoded again), and switched on in one transaction; reverting
-switches back. New embeddings are written to both spaces (pipeline.py).
+Two methods, both learned from the catalogue's products that have several images, checked
+on held-out images of those products before anything is switched, stored as a new embedding
+space derived from the current one, switched on in one transaction and reversible:
+
+- ``finetune`` (default): the encoder's last stages retrained on the catalogue's images
+  (fine_tuning.py); the adapted space has its own model, kept in the database
+  (``SpaceWeights``), and every image is encoded again with it.
+- ``whitening``: a closed-form linear transform of the stored vectors: whiten the covariance
+  of images *within* a product (light, angle, background), then keep the main directions
+  *between* products. No image is encoded again; works with any encoder.
+
+New embeddings are written to the base space and to its adapted spaces (pipeline.py), so
+reverting is instant. The same held-out images calibrate match confidence (calibration.py),
+for the base space and for the adapted one.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.db import transaction
+from PIL import Image
 
-from visual_search.exceptions import VisualSearchError
-from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search import calibration
+from visual_search.conf import vs_settings
+from visual_search.encoders import Encoder, build_encoder, get_encoder
+from visual_search.exceptions import UnusableImage, VisualSearchError
+from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding, SpaceWeights
 from visual_search.spaces import forget_spaces, get_current_space
 
 _transforms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_encoders: dict[str, Encoder] = {}
 
 
 class AdaptationRefused(VisualSearchError):
@@ -65,11 +81,62 @@ def transform_of(space: EmbeddingSpace) -> tuple[np.ndarray, np.ndarray]:
     return _transforms[space.name]
 
 
-def to_space(space: EmbeddingSpace, vectors: np.ndarray) -> np.ndarray:
-    """Vectors of the base encoder expressed in ``space`` (unchanged for a base space)."""
+def is_fine_tuned(space: EmbeddingSpace) -> bool:
+    return bool(space.encoder.get("FINE_TUNED"))
+
+
+def space_encoder(space: EmbeddingSpace) -> Encoder:
+    """The encoder of a fine-tuned space: the base encoder's settings with the space's own
+    weights (written once per process from the database to the encoder's cache folder)."""
+    encoder = _encoders.get(space.name)
+    if encoder is not None:
+        return encoder
+    weights = SpaceWeights.objects.filter(space=space).values_list("data", "sha256").first()
+    if weights is None:
+        raise VisualSearchError(f"The fine-tuned space {space.name!r} has no stored weights.")
+    config = {**vs_settings.ENCODER, **space.encoder["BASE_ENCODER"]}
+    cache = Path(config.get("CACHE_DIR") or Path.home() / ".cache" / "visual_search")
+    path = cache / f"adapted-{weights[1][:16]}.pt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(bytes(weights[0]))
+        os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+    encoder = build_encoder({**config, "WEIGHTS": str(path), "SPACE": space.name})
+    _encoders[space.name] = encoder
+    return encoder
+
+
+def to_space(
+    space: EmbeddingSpace, vectors: np.ndarray, pictures: Sequence[Image.Image] = ()
+) -> np.ndarray:
+    """Vectors of the base encoder (of these pictures) expressed in ``space``."""
     if space.base_id is None:
         return vectors
+    if is_fine_tuned(space):
+        return space_encoder(space).encode(list(pictures))
     return apply(vectors, *transform_of(space))
+
+
+def encode_in(space: EmbeddingSpace, pictures: Sequence[Image.Image]) -> np.ndarray:
+    """Pictures encoded in ``space``: a fine-tuned space needs only its own model."""
+    if is_fine_tuned(space):
+        return space_encoder(space).encode(list(pictures))
+    return to_space(space, get_encoder().encode(list(pictures)))
+
+
+def held_out_mask(labels: np.ndarray, share: float) -> np.ndarray:
+    """The last ``share`` of each product's images (products with three or more; two stay
+    to learn from). The last ones, not a random pick: consecutive shots of a product are near
+    duplicates, and a held-out image next to its twin would flatter the check."""
+    held = np.zeros(len(labels), dtype=bool)
+    products, counts = np.unique(labels, return_counts=True)
+    for product in products[counts >= 3]:
+        index = np.flatnonzero(labels == product)
+        n = min(len(index) - 2, max(1, round(len(index) * share)))
+        held[index[-n:]] = True
+    return held
 
 
 def recall(
@@ -91,36 +158,55 @@ def recall(
 
 @dataclass
 class Adaptation:
-    space: EmbeddingSpace
+    space: EmbeddingSpace | None
     report: dict[str, Any]
     activated: bool
 
 
+@dataclass
+class _Learned:
+    """An adaptation learned on the fit images: vectors of the held-out and fit images."""
+
+    held: np.ndarray
+    fit: np.ndarray
+    details: dict[str, Any]
+    encoder: dict[str, Any]
+    weights: bytes | None = None
+    transform: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+
 def adapt(
     *,
+    method: str | None = None,
     dims: int = 80,
     shrink: float = 0.1,
+    epochs: int | None = None,
     activate: bool = True,
     force: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> Adaptation:
-    """Learn, evaluate, store and (if better) switch on an adapted space for the catalogue."""
+    """Learn, evaluate, store and (if better) switch on an adapted space for the catalogue.
+
+    Whatever the outcome, the base space's match confidence is calibrated on the held-out
+    images; ``AdaptationRefused`` says why nothing was switched.
+    """
+    settings = vs_settings.ADAPTATION
+    method = method or settings["METHOD"]
+    if method not in ("finetune", "whitening"):
+        raise AdaptationRefused(f"Unknown adaptation method {method!r}.")
+    started = time.monotonic()
     base = get_current_space()
     if base is None or base.dimension is None:
         raise AdaptationRefused("Nothing is embedded yet: run visual_search_reindex first.")
     rows = list(
         ProductEmbedding.objects.filter(space=base, status=EmbeddingStatus.READY)
         .order_by("product_id", "id")
-        .values_list("id", "product_id", "image_key", "embedding")
+        .values_list("product_id", "image_key", "embedding")
     )
     progress(f"{len(rows)} ready images in {base.name}")
-    vectors = np.array([row[3] for row in rows], dtype=np.float32)
-    labels = np.array([str(row[1]) for row in rows])
-    # Held out: the last image of each product that has three or more (two stay to fit on).
-    held = np.zeros(len(rows), dtype=bool)
-    products, counts = np.unique(labels, return_counts=True)
-    for product in products[counts >= 3]:
-        held[np.flatnonzero(labels == product)[-1]] = True
+    vectors = np.array([row[2] for row in rows], dtype=np.float32).reshape(len(rows), -1)
+    labels = np.array([str(row[0]) for row in rows])
+    held = held_out_mask(labels, float(settings["HELD_OUT"]))
     fit = ~held
     fit_labels, fit_counts = np.unique(labels[fit], return_counts=True)
     if held.sum() < 5 or (fit_counts >= 2).sum() < 5:
@@ -129,25 +215,33 @@ def adapt(
             f"(found {int(held.sum())}); add in-store photos to the products' galleries."
         )
     progress(
-        f"fitting on {int(fit.sum())} images of {len(fit_labels)} products, "
+        f"learning on {int(fit.sum())} images of {len(fit_labels)} products, "
         f"checking on {int(held.sum())} held-out images"
     )
-    mean, projection = learned_whitening(vectors[fit], labels[fit], dims, shrink)
     before = recall(vectors[held], labels[held], vectors[fit], labels[fit])
-    after = recall(
-        apply(vectors[held], mean, projection),
-        labels[held],
-        apply(vectors[fit], mean, projection),
-        labels[fit],
+    _store_calibration(
+        base, calibration.calibrate(vectors[held], labels[held], vectors[fit], labels[fit])
     )
+    if method == "whitening":
+        learned = _learn_whitening(vectors, labels, fit, held, dims, shrink)
+    else:
+        learned = _learn_fine_tuning(
+            base, rows, labels, fit, held, int(epochs or settings["EPOCHS"]), progress
+        )
+    after = recall(learned.held, labels[held], learned.fit, labels[fit])
+    confidence = calibration.calibrate(learned.held, labels[held], learned.fit, labels[fit])
     report = {
-        "method": "learned whitening",
-        "dims": int(projection.shape[1]),
-        "shrink": shrink,
+        "method": method,
+        **learned.details,
         "fit_images": int(fit.sum()),
         "held_out_images": int(held.sum()),
         "before": before,
         "after": after,
+        "coverage_at_90_precision": {
+            "before": base.report["calibration"]["coverage_at_90_precision"],
+            "after": confidence["coverage_at_90_precision"],
+        },
+        "calibration": confidence,
     }
     progress(
         f"held-out R@1 {before['R@1']:.3f} -> {after['R@1']:.3f}, "
@@ -159,48 +253,209 @@ def adapt(
             f"The adapted space is not better on held-out images (R@1 {before['R@1']:.3f} -> "
             f"{after['R@1']:.3f}, R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}); nothing switched."
         )
-    # The stored transform is refitted on every labelled image, held-out ones included.
-    mean, projection = learned_whitening(vectors, labels, dims, shrink)
-    digest = hashlib.sha256(projection.tobytes()).hexdigest()[:8]
-    name = f"{base.name}+lw{projection.shape[1]}-{digest}"[:100]
+    space = _store_space(base, learned, report, rows, vectors)
+    if learned.weights is not None:
+        _encode_catalogue(space, rows, progress)
+    from visual_search.indexing import ensure_index
+
+    ensure_index(space)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    EmbeddingSpace.objects.filter(pk=space.pk).update(report=report)
+    space.report = report
+    if activate:
+        switch(space)
+        progress(f"switched queries to {space.name}")
+    return Adaptation(space, report, activate)
+
+
+def _store_calibration(space: EmbeddingSpace, fitted: dict[str, Any]) -> None:
+    space.report = {**space.report, "calibration": fitted}
+    EmbeddingSpace.objects.filter(pk=space.pk).update(report=space.report)
+    forget_spaces()
+
+
+def _learn_whitening(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    fit: np.ndarray,
+    held: np.ndarray,
+    dims: int,
+    shrink: float,
+) -> _Learned:
+    mean, projection = learned_whitening(vectors[fit], labels[fit], dims, shrink)
+    return _Learned(
+        held=apply(vectors[held], mean, projection),
+        fit=apply(vectors[fit], mean, projection),
+        details={"dims": int(projection.shape[1]), "shrink": shrink},
+        encoder={"TRANSFORM": {"mean": mean.tolist(), "projection": projection.tolist()}},
+        transform=(mean, projection),
+    )
+
+
+def _learn_fine_tuning(
+    base: EmbeddingSpace,
+    rows: list[tuple[Any, str, Any]],
+    labels: np.ndarray,
+    fit: np.ndarray,
+    held: np.ndarray,
+    epochs: int,
+    progress: Callable[[str], None],
+) -> _Learned:
+    from visual_search.encoders import TimmEncoder, load_timm_model
+    from visual_search.fine_tuning import FineTuneConfig, FineTuner, FineTuningUnsupported
+
+    config = {**vs_settings.ENCODER, **base.encoder}
+    if config.get("CLASS", "visual_search.encoders.TimmEncoder") != (
+        f"{TimmEncoder.__module__}.{TimmEncoder.__qualname__}"
+    ):
+        raise AdaptationRefused("Fine-tuning needs the TimmEncoder; use method='whitening'.")
+    try:
+        tuner = FineTuner(
+            load_timm_model(config["MODEL"], config["WEIGHTS"]), FineTuneConfig(epochs=epochs)
+        )
+    except FineTuningUnsupported as exc:
+        raise AdaptationRefused(str(exc)) from exc
+    fit_index = np.flatnonzero(fit)
+    limit = int(vs_settings.ADAPTATION["MAX_TRAINING_IMAGES"])
+    if len(fit_index) > limit:
+        fit_index = np.sort(np.random.default_rng(0).choice(fit_index, limit, replace=False))
+    used = np.zeros(len(rows), dtype=bool)
+    loaded = 0
+    for index, pictures in _pictures(rows, fit_index):
+        tuner.add(pictures, labels[index])
+        used[index] = True
+        loaded += len(index)
+        progress(f"training images prepared: {loaded}/{len(fit_index)}")
+    held_index, held_features = [], []
+    for index, pictures in _pictures(rows, np.flatnonzero(held)):
+        held_index.extend(index)
+        held_features.append(tuner.trunk_features(pictures))
+    details = tuner.train(progress)
+    import torch
+
+    # Checked on what could be read: unreadable images (now) leave both sides of the check.
+    held_vectors = tuner.embed_features(torch.cat(held_features))
+    fit_vectors = tuner.training_vectors()
+    if len(held_index) != int(held.sum()) or not used[fit].all():
+        raise AdaptationRefused(
+            "Some catalogue images could not be read for fine-tuning; fix or reindex them "
+            "(visual_search_status lists failed images) and adapt again."
+        )
+    return _Learned(
+        held=held_vectors,
+        fit=fit_vectors,
+        details={
+            **details,
+            "epochs": epochs,
+            "trained_stages": tuner.config.trained_stages,
+        },
+        encoder={"FINE_TUNED": {"epochs": epochs, "trained_stages": tuner.config.trained_stages}},
+        weights=tuner.state_bytes(),
+    )
+
+
+def _pictures(
+    rows: list[tuple[Any, str, Any]], index: np.ndarray, batch_size: int = 64
+) -> Iterator[tuple[np.ndarray, list[Image.Image]]]:
+    """The pictures of these rows, in batches, read from the products' galleries (scaled
+    down: training crops are 224 px, and a catalogue's images must fit in memory)."""
+    from visual_search.gallery import product_images
+    from visual_search.images import load_image, read_bytes
+    from visual_search.models_registry import get_product_model
+
+    wanted = [int(i) for i in index]
+    products = get_product_model()._default_manager.in_bulk({rows[i][0] for i in wanted})
+    sources: dict[Any, dict[str, Any]] = {}
+    batch: list[int] = []
+    pictures: list[Image.Image] = []
+    for i in wanted:
+        product_id, key, _ = rows[i]
+        if product_id not in sources:
+            product = products.get(product_id)
+            gallery = product_images(product) if product is not None else []
+            sources[product_id] = {image.key: image.source for image in gallery}
+        source = sources[product_id].get(key)
+        if source is None:
+            continue
+        try:
+            picture = load_image(read_bytes(source))
+        except UnusableImage:
+            continue
+        picture.thumbnail((384, 384))
+        batch.append(i)
+        pictures.append(picture)
+        if len(batch) == batch_size:
+            yield np.array(batch), pictures
+            batch, pictures = [], []
+    if batch:
+        yield np.array(batch), pictures
+
+
+def _store_space(
+    base: EmbeddingSpace,
+    learned: _Learned,
+    report: dict[str, Any],
+    rows: list[tuple[Any, str, Any]],
+    vectors: np.ndarray,
+) -> EmbeddingSpace:
+    """The new space's row (and its weights or its vectors); older inactive adapted spaces
+    of the same base are removed: their models would cost a second encoding of each image."""
+    payload = learned.weights or np.asarray(learned.transform[1]).tobytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    tag = "ft" if learned.weights is not None else f"lw{learned.fit.shape[1]}"
+    name = f"{base.name}+{tag}-{digest[:8]}"[:100]
     with transaction.atomic():
+        base.derived.filter(is_active=False).delete()
         space, _ = EmbeddingSpace.objects.update_or_create(
             name=name,
             defaults={
                 "base": base,
-                "dimension": int(projection.shape[1]),
+                "dimension": int(learned.fit.shape[1]),
                 "report": report,
                 "encoder": {
                     "BASE_SPACE": base.name,
-                    "TRANSFORM": {"mean": mean.tolist(), "projection": projection.tolist()},
+                    "BASE_ENCODER": base.encoder,
+                    **learned.encoder,
                 },
             },
         )
         space.embeddings.all().delete()
-        adapted = apply(vectors, mean, projection)
-        ProductEmbedding.objects.bulk_create(
-            [
-                ProductEmbedding(
-                    product_id=row[1],
-                    space=space,
-                    image_key=row[2],
-                    embedding=vector,
-                    content_hash="derived",
-                    status=EmbeddingStatus.READY,
-                )
-                for row, vector in zip(rows, adapted, strict=True)
-            ],
-            batch_size=1000,
-        )
+        if learned.weights is not None:
+            SpaceWeights.objects.update_or_create(
+                space=space, defaults={"data": learned.weights, "sha256": digest}
+            )
+        else:
+            ProductEmbedding.objects.bulk_create(
+                [
+                    ProductEmbedding(
+                        product_id=row[0],
+                        space=space,
+                        image_key=row[1],
+                        embedding=vector,
+                        content_hash="derived",
+                        status=EmbeddingStatus.READY,
+                    )
+                    for row, vector in zip(rows, apply(vectors, *learned.transform), strict=True)
+                ],
+                batch_size=1000,
+            )
     _transforms.pop(name, None)
-    progress(f"stored {len(rows)} adapted vectors in {name}")
-    from visual_search.indexing import ensure_index
+    _encoders.pop(name, None)
+    return space
 
-    ensure_index(space)
-    if activate:
-        switch(space)
-        progress(f"switched queries to {name}")
-    return Adaptation(space, report, activate)
+
+def _encode_catalogue(
+    space: EmbeddingSpace, rows: list[tuple[Any, str, Any]], progress: Callable[[str], None]
+) -> None:
+    """Every product of the base space encoded again, through the pipeline, by the new model."""
+    from visual_search.pipeline import embed_products
+
+    products = list(dict.fromkeys(row[0] for row in rows))
+    encoder = space_encoder(space)
+    chunk = 32
+    for start in range(0, len(products), chunk):
+        embed_products(products[start : start + chunk], encoder=encoder, force=True)
+        progress(f"encoded {min(start + chunk, len(products))}/{len(products)} products again")
 
 
 def switch(space: EmbeddingSpace | None) -> None:

@@ -1,6 +1,6 @@
 """System checks for every misconfiguration, with ids (``manage.py check``).
 
-E001-E009 read settings only and run everywhere. E010 needs the database. The encoder is
+E001-E009 and E012 read settings only and run everywhere. E010 needs the database. The encoder is
 actually loaded only under ``check --deploy`` (E011): loading torch in every manage.py command,
 or in a Celery parent before it forks, would be slow or unsafe.
 """
@@ -130,6 +130,40 @@ def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
             errors.append(
                 _error(f"{group} {key} must be a positive integer, not {value!r}.", "E009")
             )
+    confidence = query.get("MIN_CONFIDENCE")
+    if confidence is not None and (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, int | float)
+        or not 0 <= confidence <= 1
+    ):
+        errors.append(
+            _error(f"QUERY MIN_CONFIDENCE must be None or from 0 to 1, not {confidence!r}.", "E009")
+        )
+    return errors
+
+
+def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    adaptation = vs_settings.ADAPTATION
+    errors = []
+    if adaptation.get("METHOD") not in ("finetune", "whitening"):
+        errors.append(
+            _error(
+                f"ADAPTATION METHOD must be 'finetune' or 'whitening', not "
+                f"{adaptation.get('METHOD')!r}.",
+                "E012",
+            )
+        )
+    for key in ("EPOCHS", "MAX_TRAINING_IMAGES"):
+        value = adaptation.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(
+                _error(f"ADAPTATION {key} must be a positive integer, not {value!r}.", "E012")
+            )
+    held = adaptation.get("HELD_OUT")
+    if isinstance(held, bool) or not isinstance(held, int | float) or not 0 < held < 1:
+        errors.append(
+            _error(f"ADAPTATION HELD_OUT must be a fraction between 0 and 1, not {held!r}.", "E012")
+        )
     return errors
 
 
@@ -174,6 +208,7 @@ def register() -> None:
         check_database_engine,
         check_encoder,
         check_query_settings,
+        check_adaptation_settings,
     ):
         checks.register(check, "visual_search")
     checks.register(check_pgvector, checks.Tags.database)

@@ -64,6 +64,22 @@ DEFAULTS: dict[str, Any] = {
         "ITERATIVE_SCAN": "relaxed_order",
         "MAX_SCAN_TUPLES": 20000,
         "MAX_K": 100,
+        # Search results below this calibrated match confidence are not an answer: the API
+        # then says "no match" (see calibration.py). None: always answer. Per request, the
+        # API's ``min_confidence`` parameter overrides it.
+        "MIN_CONFIDENCE": None,
+    },
+    "ADAPTATION": {
+        # "finetune": retrain the encoder's last stages on the catalogue's images (minutes on
+        # a CPU, EfficientNet-family models); "whitening": a linear transform of the stored
+        # vectors (seconds, any encoder). See docs/benchmarks.md for what each gains.
+        "METHOD": "finetune",
+        "EPOCHS": 8,
+        # Training images are sampled down to this many (memory: ~130 KB each while training).
+        "MAX_TRAINING_IMAGES": 20000,
+        # Share of each product's images (products with 3 or more) held out to check the
+        # adapted space and to calibrate match confidence before anything is switched.
+        "HELD_OUT": 0.2,
     },
     "API": {
         # Dotted path to the serializer of a result's product; None: all the model's fields.

@@ -101,6 +101,8 @@ def load_timm_model(model_name: str, weights: str, *, num_classes: int = 0) -> A
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if set(state) < set(model.state_dict()):  # saved without its classifier (fine-tuned)
+        model.reset_classifier(0)
     model.load_state_dict(_match_state_dict(state, model.state_dict(), path))
     if num_classes != model.num_classes:
         model.reset_classifier(num_classes)

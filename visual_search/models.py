@@ -20,7 +20,8 @@ class EmbeddingSpace(models.Model):
     # Unknown until the encoder first runs (in a worker), so a web process never loads it.
     dimension = models.PositiveIntegerField(_("dimension"), null=True, blank=True)
     encoder = models.JSONField(_("encoder configuration"), default=dict)
-    # An adapted space (see adaptation.py) is derived from a base space by a linear transform;
+    # An adapted space (see adaptation.py) is derived from a base space: a linear transform of
+    # its vectors or a fine-tuned copy of its model;
     # at most one space per base is active, and queries then run in it.
     base = models.ForeignKey(
         "self",
@@ -47,6 +48,29 @@ class EmbeddingSpace(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.dimension or '?'}d)"
+
+
+class SpaceWeights(models.Model):
+    """The fine-tuned model of an adapted space, kept in the database so that every web and
+    worker process (on any machine) loads the same weights, written in the same transaction
+    as the space. A separate table so that reading a space never reads megabytes."""
+
+    space = models.OneToOneField(
+        EmbeddingSpace,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="weights",
+        verbose_name=_("space"),
+    )
+    data = models.BinaryField(_("torch state dict"))
+    sha256 = models.CharField(_("SHA-256"), max_length=64)
+
+    class Meta:
+        verbose_name = _("fine-tuned weights")
+        verbose_name_plural = _("fine-tuned weights")
+
+    def __str__(self) -> str:
+        return f"{self.space_id} ({self.sha256[:12]})"
 
 
 class EmbeddingStatus(models.TextChoices):

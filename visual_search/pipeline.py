@@ -164,7 +164,8 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
         for item, vector in zip(batch, vectors, strict=True)
     ]
     _upsert(rows, ["content_hash", "embedding", "status", "error", "updated_at"])
-    for derived in space.derived.all():  # adapted spaces stay complete: a transform, no model
+    pictures = [item.picture for item in batch]
+    for derived in space.derived.all():  # adapted spaces stay complete (see adaptation.py)
         _upsert(
             [
                 ProductEmbedding(
@@ -176,7 +177,9 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
                     status=EmbeddingStatus.READY,
                     error="",
                 )
-                for row, vector in zip(rows, to_space(derived, np.asarray(vectors)), strict=True)
+                for row, vector in zip(
+                    rows, to_space(derived, np.asarray(vectors), pictures), strict=True
+                )
             ],
             ["content_hash", "embedding", "status", "error", "updated_at"],
         )

@@ -15,7 +15,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
 
-from visual_search.adaptation import to_space
+from visual_search.adaptation import encode_in, is_fine_tuned, space_encoder
+from visual_search.calibration import result_confidences
 from visual_search.conf import vs_settings
 from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import ProductNotFound, VisualSearchError
@@ -45,6 +46,9 @@ class SearchResult:
     product: models.Model
     score: float
     image_key: str
+    # Calibrated probability that this is the photographed product (photo searches in a
+    # space whose confidence was calibrated by adaptation; see calibration.py), else None.
+    confidence: float | None = None
 
 
 def _check_k(k: int) -> int:
@@ -107,17 +111,37 @@ def search_by_image(
     _check_k(k)
     picture = load_image(image, box=box)
     vector, space = _encode_for_query([picture])
-    return _results(nearest_products(space, k=k, vectors=vector, queryset=_products(queryset)))
+    # One more than asked: with k=1 the top result's margin still needs its rival.
+    found = nearest_products(space, k=k + 1, vectors=vector, queryset=_products(queryset))
+    fitted = space.report.get("calibration") if space.report else None
+    confidences = result_confidences(fitted, [n.score for n in found])
+    return [
+        SearchResult(n.product, n.score, n.image_key, confidence)
+        for n, confidence in zip(found[:k], confidences, strict=False)
+    ]
+
+
+def is_match(results: Sequence[SearchResult], min_confidence: float | None) -> bool | None:
+    """Whether a photo search found the product: its top result reaches the threshold.
+
+    None when no threshold applies, or when the space's confidence is not calibrated yet
+    (``visual_search_adapt`` calibrates it): the search then answers as without one.
+    """
+    if min_confidence is None:
+        return None
+    if not results:
+        return False
+    if results[0].confidence is None:
+        return None
+    return results[0].confidence >= min_confidence
 
 
 def _encode_for_query(pictures: list) -> tuple[Any, EmbeddingSpace]:
     """Encode with the current encoder, in the space queries run in (adapted if active)."""
-    encoder = get_encoder()
-    vectors = encoder.encode(pictures)
     space = query_space()
     if space is None or space.dimension is None:
-        space = ensure_current_space(encoder, with_dimension=True)
-    return to_space(space, vectors), space
+        space = ensure_current_space(get_encoder(), with_dimension=True)
+    return encode_in(space, pictures), space
 
 
 def shop_the_look(
@@ -208,10 +232,16 @@ def encoder_for_space(space: str | None) -> Encoder:
     current = get_encoder()
     if space is None or space == current.space:
         return current
-    stored = EmbeddingSpace.objects.filter(name=space).values_list("encoder", flat=True).first()
-    if not stored:
+    row = EmbeddingSpace.objects.filter(name=space).first()
+    if row is None or not row.encoder:
         raise VisualSearchError(f"Unknown embedding space {space!r}.")
-    return build_encoder({**vs_settings.ENCODER, **stored})
+    if row.base_id is not None:
+        if is_fine_tuned(row):
+            return space_encoder(row)
+        raise VisualSearchError(
+            f"{space!r} is a transform of {row.base_id!r}: reindex that space, it follows."
+        )
+    return build_encoder({**vs_settings.ENCODER, **row.encoder})
 
 
 def mark_pending(product_or_pk: Any) -> None:
@@ -321,13 +351,24 @@ def status_counts() -> dict[str, dict[str, int]]:
 
 
 def _evaluation(report: dict[str, Any]) -> str:
-    if not report.get("before"):
-        return ""
-    before, after = report["before"], report["after"]
-    return (
-        f"{before['R@1']:.3f} / {before['R@5']:.3f} → {after['R@1']:.3f} / {after['R@5']:.3f} "
-        f"({report.get('held_out_images')} held-out images)"
-    )
+    """The adaptation's check, and what the space's calibrated confidence can answer."""
+    parts = []
+    if report.get("before"):
+        before, after = report["before"], report["after"]
+        parts.append(
+            f"{before['R@1']:.3f} / {before['R@5']:.3f} → {after['R@1']:.3f} / "
+            f"{after['R@5']:.3f} ({report.get('method', 'whitening')}, "
+            f"{report.get('held_out_images')} held-out images)"
+        )
+    fitted = report.get("calibration")
+    if fitted:
+        threshold = fitted.get("threshold_for_90_precision")
+        parts.append(
+            f"confidence calibrated: {fitted['coverage_at_90_precision']:.0%} of in-catalogue "
+            f"photos answered at 90 % precision"
+            + (f" (MIN_CONFIDENCE {threshold:.2f})" if threshold is not None else "")
+        )
+    return "; ".join(parts)
 
 
 def status_report() -> dict[str, Any]:

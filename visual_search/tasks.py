@@ -46,13 +46,13 @@ def reindex_task(which: str = "missing") -> int:
 
 
 @shared_task(name="visual_search.adapt", ignore_result=True)
-def adapt_task(dims: int = 80, shrink: float = 0.1) -> dict[str, Any]:
+def adapt_task(method: str | None = None, dims: int = 80, shrink: float = 0.1) -> dict[str, Any]:
     """Learn and (if better on held-out images) switch on an adapted space; the report is
     stored on the new space and shown on the admin's index status page."""
     from visual_search import adaptation
 
     try:
-        result = adaptation.adapt(dims=dims, shrink=shrink, progress=logger.info)
+        result = adaptation.adapt(method=method, dims=dims, shrink=shrink, progress=logger.info)
     except adaptation.AdaptationRefused as exc:
         logger.warning("Catalogue adaptation refused: %s", exc)
         return {"refused": str(exc)}

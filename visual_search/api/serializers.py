@@ -57,6 +57,14 @@ class KSerializer(serializers.Serializer):
 
 class QuerySerializer(KSerializer):
     box = BoxField(required=False)
+    min_confidence = serializers.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        help_text="Answer only when the top result's calibrated confidence reaches this "
+        "(default: VISUAL_SEARCH['QUERY']['MIN_CONFIDENCE']); below it the answer is "
+        '"match": false and no results.',
+    )
 
 
 class ImageSearchSerializer(QuerySerializer):
@@ -83,6 +91,12 @@ class ResultSerializer(serializers.Serializer):
     matched_image = serializers.CharField(
         source="image_key", help_text="The product image that matched best."
     )
+    confidence = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        help_text="Calibrated probability that this is the photographed product (photo "
+        "searches, once visual_search_adapt has calibrated the space); null otherwise.",
+    )
 
     def get_product(self, result: Any) -> dict[str, Any]:
         return product_serializer_class()(result.product, context=self.context).data
@@ -92,6 +106,16 @@ class ResultsSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     space = serializers.CharField(help_text="The embedding space the search ran in.")
     results = ResultSerializer(many=True)
+
+
+class PhotoResultsSerializer(ResultsSerializer):
+    match = serializers.BooleanField(
+        allow_null=True,
+        help_text="With a confidence threshold: whether the photo shows a product of the "
+        "catalogue (false: no results are returned). Null without a threshold or before the "
+        "space's confidence is calibrated.",
+    )
+    min_confidence = serializers.FloatField(allow_null=True)
 
 
 class LookGroupSerializer(serializers.Serializer):

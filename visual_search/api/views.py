@@ -22,6 +22,7 @@ from visual_search.api.serializers import (
     ImageSearchSerializer,
     LookResultsSerializer,
     LookSerializer,
+    PhotoResultsSerializer,
     QuerySerializer,
     ReindexSerializer,
     ResultsSerializer,
@@ -111,6 +112,23 @@ class VisualSearchView(APIView):
         data = {"count": len(results), "space": _space_name(), "results": results}
         return Response(ResultsSerializer(data, context={"request": request}).data)
 
+    def photo_results(
+        self, request: Request, results: list[services.SearchResult], values: dict[str, Any]
+    ) -> Response:
+        """Results of a photo search, or "no match" under the confidence threshold."""
+        threshold = values.get("min_confidence", vs_settings.QUERY["MIN_CONFIDENCE"])
+        match = services.is_match(results, threshold)
+        if match is False:
+            results = []
+        data = {
+            "count": len(results),
+            "space": _space_name(),
+            "match": match,
+            "min_confidence": threshold,
+            "results": results,
+        }
+        return Response(PhotoResultsSerializer(data, context={"request": request}).data)
+
 
 def _space_name() -> str:
     space = services.query_space()
@@ -122,14 +140,14 @@ FILTER_NOTE = "Any filter the shop declared in VISUAL_SEARCH['API']['FILTERS'] m
 
 class SearchByImageView(VisualSearchView):
     parser_classes = [MultiPartParser, FormParser]
-    reserved_params = {"k", "box", "image"}
+    reserved_params = {"k", "box", "image", "min_confidence"}
 
     @documented(
         operation_id="visual_search_by_image",
         summary="Find the products that look like an uploaded photo",
         description=FILTER_NOTE,
         request={"multipart/form-data": ImageSearchSerializer},
-        responses={200: ResultsSerializer, **ERRORS, 413: OpenApiResponse(ErrorSerializer)},
+        responses={200: PhotoResultsSerializer, **ERRORS, 413: OpenApiResponse(ErrorSerializer)},
     )
     def post(self, request: Request) -> Response:
         params, photo = self.upload(request)
@@ -141,12 +159,12 @@ class SearchByImageView(VisualSearchView):
             )
         except UnusableImage as exc:
             raise image_error(exc)
-        return self.results(request, found)
+        return self.photo_results(request, found, values)
 
 
 class SearchByUrlView(VisualSearchView):
     parser_classes = [JSONParser, FormParser, MultiPartParser]
-    reserved_params = {"k", "box", "url"}
+    reserved_params = {"k", "box", "url", "min_confidence"}
 
     @documented(
         operation_id="visual_search_by_url",
@@ -154,7 +172,7 @@ class SearchByUrlView(VisualSearchView):
         description="Off unless VISUAL_SEARCH['API']['URL_SEARCH'] is True. Only public "
         "http(s) hosts are fetched. " + FILTER_NOTE,
         request=UrlSearchSerializer,
-        responses={200: ResultsSerializer, **ERRORS, 404: OpenApiResponse(ErrorSerializer)},
+        responses={200: PhotoResultsSerializer, **ERRORS, 404: OpenApiResponse(ErrorSerializer)},
     )
     def post(self, request: Request) -> Response:
         api = vs_settings.API
@@ -176,7 +194,7 @@ class SearchByUrlView(VisualSearchView):
             )
         except (UnusableImage, FetchRefused) as exc:
             raise image_error(exc)
-        return self.results(request, found)
+        return self.photo_results(request, found, values)
 
 
 class ShopTheLookView(VisualSearchView):

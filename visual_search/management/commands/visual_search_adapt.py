@@ -11,13 +11,22 @@ from visual_search.models import EmbeddingSpace
 
 class Command(BaseCommand):
     help = (
-        "Learn an adapted embedding space from the catalogue's own products, check it on "
-        "held-out images, and switch queries to it only if it is better (or --revert)."
+        "Learn an adapted embedding space from the catalogue's own products (fine-tuned model "
+        "or learned whitening), check it on held-out images, calibrate match confidence, and "
+        "switch queries to it only if it is better (or --revert)."
     )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--dims", type=int, default=80, help="dimensions kept (default 80)")
-        parser.add_argument("--shrink", type=float, default=0.1, help="covariance shrinkage")
+        parser.add_argument(
+            "--method",
+            choices=["finetune", "whitening"],
+            help="default: VISUAL_SEARCH['ADAPTATION']['METHOD'] (finetune)",
+        )
+        parser.add_argument("--epochs", type=int, help="finetune: training epochs")
+        parser.add_argument(
+            "--dims", type=int, default=80, help="whitening: dimensions kept (default 80)"
+        )
+        parser.add_argument("--shrink", type=float, default=0.1, help="whitening: shrinkage")
         parser.add_argument("--no-activate", action="store_true", help="build and report only")
         parser.add_argument("--force", action="store_true", help="store it even if not better")
         parser.add_argument(
@@ -30,6 +39,8 @@ class Command(BaseCommand):
     def handle(
         self,
         *args: Any,
+        method: str | None,
+        epochs: int | None,
         dims: int,
         shrink: float,
         no_activate: bool,
@@ -49,10 +60,12 @@ class Command(BaseCommand):
             adaptation.switch(space)
             self.stdout.write(self.style.SUCCESS(f"Queries run in {space.name}."))
             return
-        if dims < 1 or not 0 <= shrink < 1:
-            raise CommandError("--dims must be >= 1 and --shrink in [0, 1).")
+        if dims < 1 or not 0 <= shrink < 1 or (epochs is not None and epochs < 1):
+            raise CommandError("--dims and --epochs must be >= 1 and --shrink in [0, 1).")
         try:
             result = adaptation.adapt(
+                method=method,
+                epochs=epochs,
                 dims=dims,
                 shrink=shrink,
                 activate=not no_activate,

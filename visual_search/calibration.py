@@ -1,0 +1,131 @@
+"""Match confidence: the probability that a search's top product is the one photographed.
+
+A cosine score alone says little (a close look-alike scores high too), so the confidence is
+a logistic model of two figures of the ranking: the product's score and its margin over the
+best other product. It is fitted on the catalogue's own held-out images, each used twice:
+once searched against the catalogue (a match when the top product is right) and once with its
+own product left out, which is exactly a photo of a product the shop does not sell (never a
+match). The fitted confidence is therefore calibrated for an even mix of photos of products
+in and out of the catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def product_scores(
+    queries: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(products, scores[q, p]): each product scored by its best gallery image."""
+    similarity = queries @ gallery.T
+    products = np.unique(gallery_labels)
+    best = np.stack([similarity[:, gallery_labels == p].max(1) for p in products], axis=1)
+    return products, best
+
+
+def ranking_features(scores: np.ndarray) -> np.ndarray:
+    """(score, margin over the best other) of the top product of each row."""
+    top_two = -np.sort(-scores, axis=1)[:, :2]
+    if top_two.shape[1] == 1:
+        top_two = np.concatenate([top_two, np.zeros_like(top_two)], axis=1)
+    return np.stack([top_two[:, 0], top_two[:, 0] - top_two[:, 1]], axis=1)
+
+
+def matches_and_strangers(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and outcomes: each query in the catalogue, then with its product left out."""
+    products, scores = product_scores(queries, gallery, gallery_labels)
+    inside = ranking_features(scores)
+    correct = products[scores.argmax(1)] == query_labels
+    without_own = np.where(products[None, :] == query_labels[:, None], -np.inf, scores)
+    outside = ranking_features(without_own)
+    return (
+        np.concatenate([inside, outside]),
+        np.concatenate([correct, np.zeros(len(outside), dtype=bool)]),
+    )
+
+
+def fit(features: np.ndarray, outcomes: np.ndarray, *, l2: float = 1e-3) -> dict[str, Any]:
+    """Logistic regression by Newton's method (two features: no library needed)."""
+    x = np.concatenate([features, np.ones((len(features), 1))], axis=1).astype(np.float64)
+    y = outcomes.astype(np.float64)
+    w = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(x @ w)))
+        gradient = x.T @ (p - y) + l2 * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return {"features": ["score", "margin"], "coef": w[:2].tolist(), "intercept": float(w[2])}
+
+
+def probability(calibration: dict[str, Any], features: np.ndarray) -> np.ndarray:
+    z = np.atleast_2d(features) @ np.asarray(calibration["coef"]) + calibration["intercept"]
+    return 1 / (1 + np.exp(-z))
+
+
+def precision_coverage(
+    confidence: np.ndarray, outcomes: np.ndarray, in_catalogue: np.ndarray
+) -> list[dict[str, float]]:
+    """For thresholds over the confidences: precision of the answered queries (an answered
+    stranger is wrong) and the share of in-catalogue queries answered."""
+    rows = []
+    for threshold in np.unique(np.round(confidence, 3)):
+        answered = confidence >= threshold
+        if not answered.any():
+            continue
+        rows.append(
+            {
+                "threshold": float(threshold),
+                "precision": float(outcomes[answered].mean()),
+                "coverage": float((answered & in_catalogue).sum() / max(1, in_catalogue.sum())),
+            }
+        )
+    return rows
+
+
+def coverage_at(rows: Sequence[dict[str, float]], precision: float) -> dict[str, float] | None:
+    """The lowest threshold whose answers are at least ``precision`` right (max coverage)."""
+    good = [row for row in rows if row["precision"] >= precision]
+    return max(good, key=lambda row: row["coverage"]) if good else None
+
+
+def calibrate(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+) -> dict[str, Any]:
+    """Fit the confidence on held-out images and say what threshold gives 90 % precision."""
+    features, outcomes = matches_and_strangers(queries, query_labels, gallery, gallery_labels)
+    model = fit(features, outcomes)
+    in_catalogue = np.arange(len(outcomes)) < len(queries)
+    curve = precision_coverage(probability(model, features), outcomes, in_catalogue)
+    at_90 = coverage_at(curve, 0.9)
+    model["held_out_queries"] = int(len(queries))
+    model["threshold_for_90_precision"] = at_90["threshold"] if at_90 else None
+    model["coverage_at_90_precision"] = round(at_90["coverage"], 4) if at_90 else 0.0
+    return model
+
+
+def result_confidences(calibration: dict[str, Any] | None, scores: Sequence[float]) -> list:
+    """Confidence of each result of a ranking (best first), from its score and its margin
+    over the best other result; None without a calibration."""
+    if not calibration or not scores:
+        return [None] * len(scores)
+    values = np.asarray(scores, dtype=np.float64)
+    others = np.array(
+        [np.max(np.delete(values, i)) if len(values) > 1 else 0.0 for i in range(len(values))]
+    )
+    features = np.stack([values, values - others], axis=1)
+    return [round(float(p), 4) for p in probability(calibration, features)]

@@ -1,0 +1,219 @@
+"""Fine-tuning the encoder's last stages on the catalogue's own images, on a CPU, in minutes.
+
+Off-the-shelf ImageNet features do not separate a shop's look-alike products (two cartons of
+milk, two kinds of apple); a linear transform of them plateaus (learned whitening: val R@1
+0.77). Retraining only the last stages of the backbone goes further while staying cheap: the
+frozen early stages run once per training image and view (their feature maps are kept in
+memory at half precision), and only the late, low-resolution stages are trained, with a
+cosine classifier over the catalogue's products (normalised softmax with one learned proxy
+per product). Batch-norm statistics stay frozen: catalogues are small and batches are mixed.
+
+Supported: timm EfficientNet-family models (``conv_stem``, ``bn1``, ``blocks``,
+``conv_head``, ``bn2``), which includes the default EfficientNet-Lite0.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visual_search.exceptions import VisualSearchError
+
+
+class FineTuningUnsupported(VisualSearchError):
+    """The encoder's model cannot be fine-tuned by this module."""
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """Hyper-parameters; the defaults were chosen on the grocery val split (benchmarks)."""
+
+    trained_stages: int = 2  # the last N stages of ``blocks`` (plus the head conv) are trained
+    epochs: int = 8
+    learning_rate: float = 1e-3
+    scale: float = 16.0  # softmax temperature = 1 / scale, on cosine logits
+    batch_size: int = 64
+    augmented_views: int = 2  # random crops per image, besides the plain one
+    seed: int = 0
+
+
+def _parts(model: Any, trained_stages: int) -> tuple[Any, Any]:
+    """(frozen trunk, trainable tail) of an EfficientNet-family timm model."""
+    import torch
+
+    needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+    if not all(hasattr(model, name) for name in needed):
+        raise FineTuningUnsupported(
+            f"Fine-tuning supports timm EfficientNet-family models; {type(model).__name__} "
+            "is not one. Use the learned-whitening method instead."
+        )
+    cut = len(model.blocks) - trained_stages
+    if not 1 <= cut < len(model.blocks):
+        raise FineTuningUnsupported(
+            f"trained_stages must be from 1 to {len(model.blocks) - 1}, not {trained_stages}."
+        )
+    trunk = torch.nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:cut])
+    tail = torch.nn.Sequential(*model.blocks[cut:], model.conv_head, model.bn2)
+    return trunk.eval(), tail
+
+
+def _transforms(model: Any) -> tuple[Any, Any]:
+    """The encoder's own eval preprocessing, and a training one with crops and flips."""
+    import timm.data
+    import torchvision.transforms as T
+
+    config = timm.data.resolve_model_data_config(model)
+    plain = timm.data.create_transform(**config, is_training=False)
+    size = config["input_size"][-1]
+    augmented = T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(config["mean"], config["std"]),
+        ]
+    )
+    return plain, augmented
+
+
+def _pool(tail: Any, features: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.normalize(tail(features.float()).mean((2, 3)), dim=1)
+
+
+class FineTuner:
+    """Holds one model while it is trained: images are added in batches (only their trunk
+    feature maps are kept), then the tail is trained and embeds what was added."""
+
+    def __init__(self, model: Any, config: FineTuneConfig) -> None:
+        import torch
+
+        self.model = model
+        self.config = config
+        self.trunk, self.tail = _parts(model, config.trained_stages)
+        self.plain, self.augmented = _transforms(model)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.views: list[list[Any]] = [[] for _ in range(1 + config.augmented_views)]
+        self.labels: list[Any] = []
+        self.features_s = 0.0
+
+    def trunk_features(self, images: Sequence[Image.Image], *, augmented: bool = False) -> Any:
+        import torch
+
+        started = time.monotonic()
+        transform = self.augmented if augmented else self.plain
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=self.generator)))
+        with torch.inference_mode():
+            features = self.trunk(torch.stack([transform(image) for image in images])).half()
+        self.features_s += time.monotonic() - started
+        return features
+
+    def add(self, images: Sequence[Image.Image], labels: Sequence[Any]) -> None:
+        """Training images of these products: the plain view and the augmented ones."""
+        for view, store in enumerate(self.views):
+            store.append(self.trunk_features(images, augmented=view > 0))
+        self.labels.extend(labels)
+
+    def embed_features(self, features: Any, batch_size: int = 256) -> np.ndarray:
+        """Unit vectors of the current tail for kept trunk features."""
+        import torch
+
+        self.tail.eval()
+        with torch.inference_mode():
+            out = [
+                _pool(self.tail, features[i : i + batch_size])
+                for i in range(0, len(features), batch_size)
+            ]
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+    def training_vectors(self) -> np.ndarray:
+        """The added images embedded by the current model (plain view)."""
+        import torch
+
+        return self.embed_features(torch.cat(self.views[0]))
+
+    def train(self, progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+        """Train the tail on the added images; returns timings and the last epoch's loss."""
+        import torch
+        import torch.nn.functional as F
+
+        config = self.config
+        classes = {label: index for index, label in enumerate(dict.fromkeys(self.labels))}
+        targets = torch.tensor([classes[label] for label in self.labels])
+        views = [torch.cat(store) for store in self.views]
+        started = time.monotonic()
+        with torch.no_grad():  # proxies start at the products' mean embeddings
+            plain = torch.from_numpy(self.embed_features(views[0]))
+            proxies = torch.stack(
+                [F.normalize(plain[targets == c].mean(0), dim=0) for c in range(len(classes))]
+            )
+        proxies = torch.nn.Parameter(proxies)
+        optimiser = torch.optim.AdamW(
+            [
+                {"params": list(self.tail.parameters()), "lr": config.learning_rate},
+                {"params": [proxies], "lr": config.learning_rate * 10},
+            ],
+            weight_decay=1e-4,
+        )
+        steps_per_epoch = -(-len(targets) // config.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser,
+            max_lr=[config.learning_rate, config.learning_rate * 10],
+            total_steps=config.epochs * steps_per_epoch,
+            pct_start=0.1,
+        )
+        loss_value = float("nan")
+        for epoch in range(config.epochs):
+            self._train_mode()
+            order = torch.randperm(len(targets), generator=self.generator)
+            chosen = torch.randint(0, len(views), (len(targets),), generator=self.generator)
+            total = 0.0
+            for start in range(0, len(order), config.batch_size):
+                index = order[start : start + config.batch_size]
+                batch = torch.stack(
+                    [
+                        views[v][i]
+                        for v, i in zip(chosen[index].tolist(), index.tolist(), strict=True)
+                    ]
+                )
+                if bool(torch.rand(1, generator=self.generator) < 0.5):
+                    batch = batch.flip(3)
+                logits = config.scale * _pool(self.tail, batch) @ F.normalize(proxies, dim=1).T
+                loss = F.cross_entropy(logits, targets[index])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                total += loss.item() * len(index)
+            loss_value = total / len(targets)
+            progress(f"epoch {epoch + 1}/{config.epochs}: loss {loss_value:.3f}")
+        self.tail.eval()
+        return {
+            "training_images": len(targets),
+            "features_s": round(self.features_s, 1),
+            "train_s": round(time.monotonic() - started, 1),
+            "loss": round(loss_value, 4),
+        }
+
+    def _train_mode(self) -> None:
+        import torch
+
+        self.tail.train()
+        for module in self.tail.modules():  # frozen statistics: small, mixed batches
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+
+    def state_bytes(self) -> bytes:
+        """The whole model's state dict in timm's names, as ``torch.save`` bytes."""
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(self.model.state_dict(), buffer)
+        return buffer.getvalue()
