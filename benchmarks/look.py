@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument(
         "--adapt",
         action="store_true",
-        help="search in the catalogue-adapted space (learned from the gallery)",
+        help="search in the catalogue-adapted space (learned from the gallery; kept with --reuse)",
     )
     parser.add_argument("--output", default="")
     args = parser.parse_args()
@@ -142,9 +142,12 @@ def main() -> None:
     fine_of = {p.pk: fine for fine, p in products.items()}
     if args.adapt:
         from visual_search import adaptation
+        from visual_search.spaces import query_space
 
-        adapted = adaptation.adapt(force=True)
-        print(f"searching in {adapted.space.name} (held-out {adapted.report['after']})")
+        space = query_space()
+        if not (args.reuse and space is not None and space.base_id is not None):
+            space = adaptation.adapt(force=True).space  # the default method
+        print(f"searching in {space.name} (held-out {space.report['after']})")
 
     sweep: list[tuple[list, list, list]] = []  # (regions, picks, boxes) per photo
     rng = random.Random(args.seed)

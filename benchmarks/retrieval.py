@@ -7,12 +7,22 @@ The catalogue is one product per class of a folder in the Grocery Store Dataset 
 --gallery splits; the queries are the photos of the --queries split. Every gallery variant is
 built incrementally on the same products (images already embedded are skipped by hash).
 
+--adapt whitening,finetune runs the app's catalogue adaptation (visual_search.adaptation) on
+the gallery, never on the queries, and searches in each adapted space: the ablation, with each
+method's adaptation time and query latency. --holdout-products 0.2 leaves a seeded fifth of
+the classes out of the catalogue: their photos are then queries for products the shop does
+not sell, and the calibrated confidence is measured (precision of the answered queries
+against the share of in-catalogue photos answered, at the threshold the adaptation chose
+from the catalogue's own images and along the whole curve).
+
     python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic --gallery iconic,train --queries val
+    python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic,train --queries val --adapt whitening,finetune --holdout-products 0.2
 """
 
 from __future__ import annotations
 
 import csv
+import random
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -80,6 +90,48 @@ def metrics(ranks: list[int | None]) -> dict[str, float]:
     }
 
 
+def evaluate(
+    args: Any, queries: list[tuple[str, str]], by_pk: dict[Any, str], strangers: set[str], mode: str
+) -> dict[str, Any]:
+    """Search every query in the active space; ranks of in-catalogue queries, latency, and
+    (with strangers) how the calibrated confidence separates answers from strangers."""
+    import numpy as np
+    from django.db import connection
+
+    from visual_search import calibration, services
+    from visual_search.spaces import query_space
+
+    ranks, latencies, confidence, correct, inside = [], [], [], [], []
+    for path, fine in queries:
+        with connection.cursor() as cursor:
+            cursor.execute("SET enable_indexscan = %s", ["on" if mode == "hnsw" else "off"])
+        started = time.monotonic()
+        results = services.search_by_image(args.data / path, k=args.k)
+        latencies.append(time.monotonic() - started)
+        found = [by_pk[r.product.pk] for r in results]
+        inside.append(fine not in strangers)
+        if inside[-1]:
+            ranks.append(found.index(fine) + 1 if fine in found else None)
+        confidence.append(results[0].confidence if results else 0.0)
+        correct.append(bool(found) and found[0] == fine)
+    with connection.cursor() as cursor:
+        cursor.execute("RESET enable_indexscan")
+    latencies.sort()
+    row = {**metrics(ranks), "p50_ms": latencies[len(latencies) // 2] * 1000}
+    if strangers and None not in confidence:
+        confidence_a, correct_a, inside_a = map(np.array, (confidence, correct, inside))
+        curve = calibration.precision_coverage(confidence_a, correct_a, inside_a)
+        best = calibration.coverage_at(curve, 0.9)
+        row["cov@90%"] = best["coverage"] if best else 0.0
+        threshold = query_space().report["calibration"]["threshold_for_90_precision"]
+        if threshold is not None:
+            answered = confidence_a >= threshold
+            row["threshold"] = threshold
+            row["prec@thr"] = float(correct_a[answered].mean()) if answered.any() else 1.0
+            row["cov@thr"] = float((answered & inside_a).sum() / inside_a.sum())
+    return row
+
+
 def main() -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument(
@@ -95,11 +147,19 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument(
         "--adapt",
-        action="store_true",
-        help="also learn a catalogue-adapted space from the gallery (never from the "
-        "queries) and search in it",
+        default="",
+        help="comma-separated adaptation methods (whitening, finetune) to learn from the "
+        "gallery (never from the queries) and search in, besides the base space",
     )
-    parser.add_argument("--adapt-dims", type=int, default=80)
+    parser.add_argument("--adapt-dims", type=int, default=80, help="whitening dimensions")
+    parser.add_argument("--adapt-epochs", type=int, default=None, help="finetune epochs")
+    parser.add_argument(
+        "--holdout-products",
+        type=float,
+        default=0.0,
+        help="share of the classes left out of the catalogue (their photos: strangers)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which classes are held out")
     parser.add_argument("--output", default="retrieval", help="results/<name>.json")
     args = parser.parse_args()
     variants = args.gallery or ["iconic", "iconic,train"]
@@ -107,13 +167,19 @@ def main() -> None:
 
     common.setup_django("retrieval", fresh=True)
     from django.core.files import File
-    from django.db import connection
 
     from shop_demo.catalog.models import Product, ProductImage
     from visual_search import services
     from visual_search.encoders import get_encoder
 
     classes = read_classes(args.data)
+    strangers: set[str] = set()
+    if args.holdout_products:
+        ids = sorted(c["id"] for c in classes)
+        strangers = set(
+            random.Random(args.seed).sample(ids, round(len(ids) * args.holdout_products))
+        )
+        classes = [c for c in classes if c["id"] not in strangers]
     queries = read_split(args.data, args.queries)
     if args.limit:
         queries = queries[: args.limit]
@@ -126,8 +192,9 @@ def main() -> None:
     by_pk = {p.pk: fine for fine, p in products.items()}
     encoder = get_encoder()
     print(
-        f"{len(products)} products, {len(queries)} queries ({args.queries}), encoder {encoder.space} "
-        f"({getattr(encoder, 'runtime', '?')})"
+        f"{len(products)} products, {len(queries)} queries ({args.queries}, "
+        f"{sum(fine in strangers for _, fine in queries)} of products not in the catalogue), "
+        f"encoder {encoder.space} ({getattr(encoder, 'runtime', '?')})"
     )
 
     added: set[str] = set()
@@ -161,53 +228,48 @@ def main() -> None:
         print(
             f"gallery {variant}: {gallery_size} images ({report.embedded} embedded in {seconds:.1f} s)"
         )
-        spaces = [("base", None)]
-        if args.adapt:
-            from visual_search import adaptation
+        # Adapted spaces first: adapting also calibrates the base space's confidence.
+        methods = [m.strip() for m in args.adapt.split(",") if m.strip()]
+        for label, method in [*((m, m) for m in methods), ("base", None)]:
+            space = None
+            adapt_s = None
+            if method is not None:
+                from visual_search import adaptation
 
-            started = time.monotonic()
-            try:
-                adapted = adaptation.adapt(dims=args.adapt_dims, activate=False, force=True)
+                started = time.monotonic()
+                try:
+                    adapted = adaptation.adapt(
+                        method=method,
+                        dims=args.adapt_dims,
+                        epochs=args.adapt_epochs,
+                        activate=False,
+                        force=True,
+                        progress=lambda message: print("  " + message),
+                    )
+                except adaptation.AdaptationRefused as exc:
+                    print(f"no {method} adaptation for gallery {variant}: {exc}")
+                    continue
+                adapt_s = time.monotonic() - started
+                space = adapted.space
                 print(
-                    f"adapted space {adapted.space.name} in {time.monotonic() - started:.1f} s: "
-                    f"held-out {adapted.report['before']} -> {adapted.report['after']}"
+                    f"{method}: {space.name} in {adapt_s:.1f} s: held-out "
+                    f"{adapted.report['before']} -> {adapted.report['after']}"
                 )
-                spaces.append((f"adapted (lw{adapted.space.dimension})", adapted.space))
-            except adaptation.AdaptationRefused as exc:
-                print(f"no adaptation for gallery {variant}: {exc}")
-        for label, adapted_space in spaces:
-            adaptation_module = None
-            if adapted_space is not None:
-                from visual_search import adaptation as adaptation_module
-
-                adaptation_module.switch(adapted_space)
+                adaptation.switch(space)
             for mode in ("hnsw", "exact"):
-                ranks, latencies = [], []
-                for path, fine in queries:
-                    with connection.cursor() as cursor:
-                        cursor.execute(
-                            "SET enable_indexscan = %s", ["on" if mode == "hnsw" else "off"]
-                        )
-                    started = time.monotonic()
-                    results = services.search_by_image(args.data / path, k=args.k)
-                    latencies.append(time.monotonic() - started)
-                    found = [by_pk[r.product.pk] for r in results]
-                    ranks.append(found.index(fine) + 1 if fine in found else None)
-                with connection.cursor() as cursor:
-                    cursor.execute("RESET enable_indexscan")
-                latencies.sort()
+                row = evaluate(args, queries, by_pk, strangers, mode)
                 row = {
                     "gallery": variant,
                     "gallery_images": gallery_size,
                     "space": label,
                     "search": mode,
-                    **metrics(ranks),
-                    "p50_ms": latencies[len(latencies) // 2] * 1000,
+                    **row,
+                    "adapt_s": round(adapt_s, 1) if adapt_s is not None else None,
                 }
                 rows.append(row)
                 print(common.table([row], list(row)))
-            if adaptation_module is not None:
-                adaptation_module.switch(None)
+            if space is not None:
+                adaptation.switch(None)
 
     print(
         "\n"
@@ -223,6 +285,8 @@ def main() -> None:
                 "R@10",
                 "mAP@10",
                 "p50_ms",
+                "adapt_s",
+                *(["cov@90%", "prec@thr", "cov@thr"] if strangers else []),
             ],
         )
     )
@@ -232,6 +296,7 @@ def main() -> None:
             "data": str(args.data),
             "queries": args.queries,
             "n_queries": len(queries),
+            "held_out_products": sorted(strangers, key=int),
             "encoder": encoder.describe(),
             "runtime": getattr(encoder, "runtime", None),
             "embedding": timings,

@@ -15,9 +15,12 @@ Supported: timm EfficientNet-family models (``conv_stem``, ``bn1``, ``blocks``,
 from __future__ import annotations
 
 import io
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +66,7 @@ def _parts(model: Any, trained_stages: int) -> tuple[Any, Any]:
     return trunk.eval(), tail
 
 
-def _transforms(model: Any) -> tuple[Any, Any]:
+def _transforms(model: Any) -> tuple[Any, Any, tuple[int, ...]]:
     """The encoder's own eval preprocessing, and a training one with crops and flips."""
     import timm.data
     import torchvision.transforms as T
@@ -79,7 +82,7 @@ def _transforms(model: Any) -> tuple[Any, Any]:
             T.Normalize(config["mean"], config["std"]),
         ]
     )
-    return plain, augmented
+    return plain, augmented, tuple(config["input_size"])
 
 
 def _pool(tail: Any, features: Any) -> Any:
@@ -98,11 +101,12 @@ class FineTuner:
         self.model = model
         self.config = config
         self.trunk, self.tail = _parts(model, config.trained_stages)
-        self.plain, self.augmented = _transforms(model)
+        self.plain, self.augmented, self.input_size = _transforms(model)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.views: list[list[Any]] = [[] for _ in range(1 + config.augmented_views)]
         self.labels: list[Any] = []
         self.features_s = 0.0
+        self._session: Any = None
 
     def trunk_features(self, images: Sequence[Image.Image], *, augmented: bool = False) -> Any:
         import torch
@@ -110,10 +114,42 @@ class FineTuner:
         started = time.monotonic()
         transform = self.augmented if augmented else self.plain
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=self.generator)))
-        with torch.inference_mode():
-            features = self.trunk(torch.stack([transform(image) for image in images])).half()
+        batch = torch.stack([transform(image) for image in images])
+        session = self._trunk_session()
+        if session is not None:
+            features = torch.from_numpy(session.run(None, {"pixels": batch.numpy()})[0]).half()
+        else:
+            with torch.inference_mode():
+                features = self.trunk(batch).half()
         self.features_s += time.monotonic() - started
         return features
+
+    def _trunk_session(self) -> Any:
+        """The frozen trunk in onnxruntime (about 4x torch fp32 on a CPU; same features),
+        exported once per tuner; None where onnxruntime is not installed."""
+        if self._session is None:
+            try:
+                import onnxruntime as ort
+                import torch
+            except ImportError:
+                self._session = False
+                return None
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "trunk.onnx"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        self.trunk,
+                        torch.zeros(1, *self.input_size),
+                        str(path),
+                        input_names=["pixels"],
+                        output_names=["features"],
+                        dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                        dynamo=False,
+                        opset_version=17,
+                    )
+                self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return self._session or None
 
     def add(self, images: Sequence[Image.Image], labels: Sequence[Any]) -> None:
         """Training images of these products: the plain view and the augmented ones."""
