@@ -186,6 +186,9 @@ def test_calibrated_confidence_lets_the_api_say_no_match(labelled_catalogue, pho
         "min_confidence": threshold,
         "results": [],
     }
-    # The shop's own threshold applies when a request gives none.
+    # The calibration suggests a threshold; the shop's own applies when a request gives none.
+    suggested = query_space().report["calibration"]["threshold_for_90_precision"]
+    assert services.min_confidence() == suggested is not None
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "QUERY": {"MIN_CONFIDENCE": threshold}}
+    assert services.min_confidence() == threshold
     assert search(photos("val", "Pineapple")[0])["match"] is False

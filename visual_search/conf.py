@@ -74,8 +74,8 @@ DEFAULTS: dict[str, Any] = {
         # a CPU, EfficientNet-family models); "whitening": a linear transform of the stored
         # vectors (seconds, any encoder). See docs/benchmarks.md for what each gains.
         "METHOD": "finetune",
-        "EPOCHS": 8,
-        # Training images are sampled down to this many (memory: ~130 KB each while training).
+        "EPOCHS": 10,
+        # Training images are sampled down to this many (memory: ~180 KB each while training).
         "MAX_TRAINING_IMAGES": 20000,
         # Share of each product's images (products with 3 or more) held out to check the
         # adapted space and to calibrate match confidence before anything is switched.

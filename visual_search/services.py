@@ -136,6 +136,17 @@ def is_match(results: Sequence[SearchResult], min_confidence: float | None) -> b
     return results[0].confidence >= min_confidence
 
 
+def min_confidence() -> float | None:
+    """The shop's threshold (``QUERY["MIN_CONFIDENCE"]``), else the one the last calibration
+    found for 90 % precision on the catalogue's held-out images, else None."""
+    configured = vs_settings.QUERY["MIN_CONFIDENCE"]
+    if configured is not None:
+        return float(configured)
+    space = query_space()
+    fitted = (space.report or {}).get("calibration") if space is not None else None
+    return fitted.get("threshold_for_90_precision") if fitted else None
+
+
 def _encode_for_query(pictures: list) -> tuple[Any, EmbeddingSpace]:
     """Encode with the current encoder, in the space queries run in (adapted if active)."""
     space = query_space()

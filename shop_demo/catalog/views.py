@@ -65,9 +65,11 @@ def search_by_photo(request: HttpRequest) -> HttpResponse:
             context["error"] = "Choose a photo of a product first."
         else:
             try:
-                context["results"] = services.search_by_image(
+                results = services.search_by_image(
                     upload, k=RESULTS, queryset=products, box=_box(request.POST.get("box"))
                 )
+                context["results"] = results
+                context["match"] = services.is_match(results, services.min_confidence())
             except UnusableImage as exc:
                 context["error"] = (
                     f"We could not use that file: {exc} Try a JPEG or PNG photo of the product."
