@@ -65,7 +65,7 @@ def fine_tuning_rows(
     args, gallery_paths, gallery_labels, query_paths, query_labels, studio_labels, folds
 ):
     """Fine-tuned on the catalogue (all products; then per fold of products for the studio-
-    only rows learned from other products). Trunk features are computed once and shared."""
+    only rows learned from other products). Trunk features are computed once."""
     import torch
 
     from visual_search.conf import vs_settings
@@ -89,21 +89,18 @@ def fine_tuning_rows(
     for stages in [int(s) for s in args.trained_stages.split(",")]:
         config = FineTuneConfig(epochs=args.epochs, trained_stages=stages)
 
-        def fresh_tuner(config=config):
-            model = load_timm_model(encoder_config["MODEL"], encoder_config["WEIGHTS"])
-            return FineTuner(model, config)
-
         started = time.monotonic()
-        tuner = fresh_tuner()
+        model = load_timm_model(encoder_config["MODEL"], encoder_config["WEIGHTS"])
+        tuner = FineTuner(model, config)
+        done = 0
         for batch in pictures(gallery_paths):
-            tuner.add(batch, [None] * len(batch))
-        tuner.labels = list(gallery_labels)
+            tuner.add(batch, gallery_labels[done : done + len(batch)])
+            done += len(batch)
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
-        shared_views = [torch.cat(v) for v in tuner.views]
         details = tuner.train()
         fit_s = time.monotonic() - started
         print(f"fine-tuned {stages} stages: {details}, {fit_s:.0f} s in all")
-        g = tuner.training_vectors()
+        g = tuner.added_vectors()
         q = tuner.embed_features(query_features)
         label = f"fine-tune {stages} stages, {args.epochs} epochs"
         rows.append(
@@ -140,12 +137,8 @@ def fine_tuning_rows(
             continue
         all_ranks = []
         for fold in folds:
-            train = ~np.isin(gallery_labels, fold)
-            tuner = fresh_tuner()
-            tuner.views = [[v[torch.from_numpy(train)]] for v in shared_views]
-            tuner.labels = list(gallery_labels[train])
-            tuner.train()
-            g = tuner.embed_features(shared_views[0][:n_studio])
+            tuner.train(~np.isin(gallery_labels, fold))  # the other products' images only
+            g = tuner.added_vectors()[:n_studio]
             q = tuner.embed_features(query_features)
             held = np.isin(query_labels, fold)
             all_ranks.append(ranks(q[held], query_labels[held], g, studio_labels))

@@ -165,13 +165,17 @@ class Adaptation:
 
 @dataclass
 class _Learned:
-    """An adaptation learned on the fit images: vectors of the held-out and fit images."""
+    """An adaptation learned on the fit images (vectors of the held-out and fit images it was
+    checked on, with their labels); ``refit`` then learns the stored one from every image."""
 
     held: np.ndarray
+    held_labels: np.ndarray
     fit: np.ndarray
+    fit_labels: np.ndarray
     details: dict[str, Any]
-    encoder: dict[str, Any]
-    weights: bytes | None = None
+    refit: Callable[[], None]
+    encoder: dict[str, Any] = field(default_factory=dict)
+    weights: bytes | None = field(default=None, repr=False)
     transform: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
@@ -228,8 +232,9 @@ def adapt(
         learned = _learn_fine_tuning(
             base, rows, labels, fit, held, int(epochs or settings["EPOCHS"]), progress
         )
-    after = recall(learned.held, labels[held], learned.fit, labels[fit])
-    confidence = calibration.calibrate(learned.held, labels[held], learned.fit, labels[fit])
+    checked = (learned.held, learned.held_labels, learned.fit, learned.fit_labels)
+    after = recall(*checked)
+    confidence = calibration.calibrate(*checked)
     report = {
         "method": method,
         **learned.details,
@@ -253,6 +258,8 @@ def adapt(
             f"The adapted space is not better on held-out images (R@1 {before['R@1']:.3f} -> "
             f"{after['R@1']:.3f}, R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}); nothing switched."
         )
+    progress("learning the stored adaptation from every image (held-out ones included)")
+    learned.refit()
     space = _store_space(base, learned, report, rows, vectors)
     if learned.weights is not None:
         _encode_catalogue(space, rows, progress)
@@ -282,14 +289,24 @@ def _learn_whitening(
     dims: int,
     shrink: float,
 ) -> _Learned:
-    mean, projection = learned_whitening(vectors[fit], labels[fit], dims, shrink)
-    return _Learned(
-        held=apply(vectors[held], mean, projection),
-        fit=apply(vectors[fit], mean, projection),
-        details={"dims": int(projection.shape[1]), "shrink": shrink},
-        encoder={"TRANSFORM": {"mean": mean.tolist(), "projection": projection.tolist()}},
-        transform=(mean, projection),
+    def learn(mask: np.ndarray) -> None:
+        learned.transform = learned_whitening(vectors[mask], labels[mask], dims, shrink)
+        mean, projection = learned.transform
+        learned.encoder = {"TRANSFORM": {"mean": mean.tolist(), "projection": projection.tolist()}}
+
+    learned = _Learned(
+        held=np.zeros(0),
+        held_labels=labels[held],
+        fit=np.zeros(0),
+        fit_labels=labels[fit],
+        details={"dims": dims, "shrink": shrink},
+        refit=lambda: learn(np.ones(len(labels), dtype=bool)),
     )
+    learn(fit)
+    learned.held = apply(vectors[held], *learned.transform)
+    learned.fit = apply(vectors[fit], *learned.transform)
+    learned.details["dims"] = int(learned.fit.shape[1])
+    return learned
 
 
 def _learn_fine_tuning(
@@ -315,43 +332,41 @@ def _learn_fine_tuning(
         )
     except FineTuningUnsupported as exc:
         raise AdaptationRefused(str(exc)) from exc
+    # Every held-out image, and the fit images sampled down to the memory budget.
     fit_index = np.flatnonzero(fit)
     limit = int(vs_settings.ADAPTATION["MAX_TRAINING_IMAGES"])
     if len(fit_index) > limit:
-        fit_index = np.sort(np.random.default_rng(0).choice(fit_index, limit, replace=False))
-    used = np.zeros(len(rows), dtype=bool)
-    loaded = 0
-    for index, pictures in _pictures(rows, fit_index):
+        fit_index = np.random.default_rng(0).choice(fit_index, limit, replace=False)
+    wanted = np.sort(np.concatenate([fit_index, np.flatnonzero(held)]))
+    added: list[int] = []
+    for index, pictures in _pictures(rows, wanted):
         tuner.add(pictures, labels[index])
-        used[index] = True
-        loaded += len(index)
-        progress(f"training images prepared: {loaded}/{len(fit_index)}")
-    held_index, held_features = [], []
-    for index, pictures in _pictures(rows, np.flatnonzero(held)):
-        held_index.extend(index)
-        held_features.append(tuner.trunk_features(pictures))
-    details = tuner.train(progress)
-    import torch
-
-    # Checked on what could be read: unreadable images (now) leave both sides of the check.
-    held_vectors = tuner.embed_features(torch.cat(held_features))
-    fit_vectors = tuner.training_vectors()
-    if len(held_index) != int(held.sum()) or not used[fit].all():
+        added.extend(index)
+        progress(f"training images prepared: {len(added)}/{len(wanted)}")
+    if len(added) < len(wanted):
         raise AdaptationRefused(
-            "Some catalogue images could not be read for fine-tuning; fix or reindex them "
-            "(visual_search_status lists failed images) and adapt again."
+            f"{len(wanted) - len(added)} catalogue images could not be read for fine-tuning; "
+            "fix or reindex them (visual_search_status lists failed images) and adapt again."
         )
-    return _Learned(
-        held=held_vectors,
-        fit=fit_vectors,
-        details={
-            **details,
-            "epochs": epochs,
-            "trained_stages": tuner.config.trained_stages,
-        },
-        encoder={"FINE_TUNED": {"epochs": epochs, "trained_stages": tuner.config.trained_stages}},
-        weights=tuner.state_bytes(),
+    check_fit, check_held = fit[added], held[added]
+    details = tuner.train(check_fit, progress)
+
+    def refit() -> None:
+        final = tuner.train(None, progress)
+        learned.details["final_train_s"] = final["train_s"]
+        learned.weights = tuner.state_bytes()
+
+    stages = tuner.config.trained_stages
+    learned = _Learned(
+        held=tuner.added_vectors(check_held),
+        held_labels=labels[added][check_held],
+        fit=tuner.added_vectors(check_fit),
+        fit_labels=labels[added][check_fit],
+        details={**details, "epochs": epochs, "trained_stages": stages},
+        refit=refit,
+        encoder={"FINE_TUNED": {"epochs": epochs, "trained_stages": stages}},
     )
+    return learned
 
 
 def _pictures(

@@ -14,6 +14,7 @@ Supported: timm EfficientNet-family models (``conv_stem``, ``bn1``, ``blocks``,
 
 from __future__ import annotations
 
+import copy
 import io
 import tempfile
 import time
@@ -94,7 +95,9 @@ def _pool(tail: Any, features: Any) -> Any:
 
 class FineTuner:
     """Holds one model while it is trained: images are added in batches (only their trunk
-    feature maps are kept), then the tail is trained and embeds what was added."""
+    feature maps are kept), then the tail is trained on a selection of them (from its initial
+    weights each time: a check on held-out images, then the final model on every image) and
+    embeds what was added."""
 
     def __init__(self, model: Any, config: FineTuneConfig) -> None:
         import torch
@@ -108,6 +111,7 @@ class FineTuner:
         self.labels: list[Any] = []
         self.features_s = 0.0
         self._session: Any = None
+        self._initial_tail = copy.deepcopy(self.tail.state_dict())
 
     def trunk_features(self, images: Sequence[Image.Image], *, augmented: bool = False) -> Any:
         import torch
@@ -170,21 +174,34 @@ class FineTuner:
             ]
         return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
-    def training_vectors(self) -> np.ndarray:
-        """The added images embedded by the current model (plain view)."""
+    def added_vectors(self, selected: np.ndarray | None = None) -> np.ndarray:
+        """The added images (all, or a boolean selection) embedded by the current model."""
         import torch
 
-        return self.embed_features(torch.cat(self.views[0]))
+        features = torch.cat(self.views[0])
+        if selected is not None:
+            features = features[torch.from_numpy(np.asarray(selected, dtype=bool))]
+        return self.embed_features(features)
 
-    def train(self, progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-        """Train the tail on the added images; returns timings and the last epoch's loss."""
+    def train(
+        self,
+        selected: np.ndarray | None = None,
+        progress: Callable[[str], None] = lambda message: None,
+    ) -> dict[str, Any]:
+        """Train the tail, from its initial weights, on the added images (all, or a boolean
+        selection); returns timings and the last epoch's loss."""
         import torch
         import torch.nn.functional as F
 
         config = self.config
-        classes = {label: index for index, label in enumerate(dict.fromkeys(self.labels))}
-        targets = torch.tensor([classes[label] for label in self.labels])
-        views = [torch.cat(store) for store in self.views]
+        self.tail.load_state_dict(self._initial_tail)
+        mask = torch.ones(len(self.labels), dtype=torch.bool)
+        if selected is not None:
+            mask = torch.from_numpy(np.asarray(selected, dtype=bool))
+        labels = [label for label, keep in zip(self.labels, mask.tolist(), strict=True) if keep]
+        classes = {label: index for index, label in enumerate(dict.fromkeys(labels))}
+        targets = torch.tensor([classes[label] for label in labels])
+        views = [torch.cat(store)[mask] for store in self.views]
         started = time.monotonic()
         with torch.no_grad():  # proxies start at the products' mean embeddings
             plain = torch.from_numpy(self.embed_features(views[0]))
@@ -234,6 +251,7 @@ class FineTuner:
         self.tail.eval()
         return {
             "training_images": len(targets),
+            "products": len(classes),
             "features_s": round(self.features_s, 1),
             "train_s": round(time.monotonic() - started, 1),
             "loss": round(loss_value, 4),
