@@ -134,6 +134,27 @@ def _match_state_dict(state: dict[str, Any], target: dict[str, Any], path: Path)
     return mapped
 
 
+def export_onnx(
+    model: Any, input_size: tuple[int, ...], path: str, output: str = "embedding"
+) -> None:
+    """Export with a dynamic batch axis; input "pixels". The legacy (TorchScript) exporter is
+    the one that needs no onnxscript; its deprecation warning is silenced."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            torch.zeros(1, *input_size),
+            path,
+            input_names=["pixels"],
+            output_names=[output],
+            dynamic_axes={"pixels": {0: "batch"}, output: {0: "batch"}},
+            dynamo=False,
+            opset_version=17,
+        )
+
+
 class TimmEncoder:
     """A timm backbone as an encoder; the runtime is chosen per space by the benchmarks."""
 
@@ -218,30 +239,13 @@ class TimmEncoder:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
             os.close(fd)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is
-                self._export_onnx(model, input_size, tmp)  # the one that needs no onnxscript
+            export_onnx(model, input_size, tmp)
             os.replace(tmp, path)  # atomic: concurrent workers never read half a file
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    @staticmethod
-    def _export_onnx(model: Any, input_size: tuple[int, ...], path: str) -> None:
-        import torch
-
-        torch.onnx.export(
-            model,
-            torch.zeros(1, *input_size),
-            path,
-            input_names=["pixels"],
-            output_names=["embedding"],
-            dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
-            dynamo=False,
-            opset_version=17,
-        )
 
     def activation_map(self, image: Image.Image, size: int = 448) -> np.ndarray:
         """Channel-mean activation of the backbone's last feature map (h x w), for region

@@ -18,7 +18,6 @@ import copy
 import io
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,24 +134,14 @@ class FineTuner:
         if self._session is None:
             try:
                 import onnxruntime as ort
-                import torch
             except ImportError:
                 self._session = False
                 return None
+            from visual_search.encoders import export_onnx
+
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "trunk.onnx"
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(
-                        self.trunk,
-                        torch.zeros(1, *self.input_size),
-                        str(path),
-                        input_names=["pixels"],
-                        output_names=["features"],
-                        dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-                        dynamo=False,
-                        opset_version=17,
-                    )
+                export_onnx(self.trunk, self.input_size, str(path), output="features")
                 self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return self._session or None
 
