@@ -48,17 +48,19 @@ def composite(paths: list[Path], rng: random.Random, size: int = 800):
 
 
 def regions_of(canvas, k: int) -> list:
-    """The regions shop_the_look groups, before grouping (for the threshold sweep)."""
-    from visual_search.encoders import get_encoder
+    """The regions shop_the_look groups, before grouping (for the threshold sweep), in the
+    space queries run in (the adapted one with --adapt)."""
+    from visual_search.adaptation import encode_in
     from visual_search.look import Region, get_detector
     from visual_search.models_registry import get_product_model
     from visual_search.queries import nearest_per_query
-    from visual_search.spaces import get_current_space
+    from visual_search.spaces import query_space
 
+    space = query_space()
     proposals = get_detector().propose(canvas)
-    vectors = get_encoder().encode([canvas.crop(tuple(round(v) for v in p.box)) for p in proposals])
+    vectors = encode_in(space, [canvas.crop(tuple(round(v) for v in p.box)) for p in proposals])
     matches = nearest_per_query(
-        get_current_space(), vectors, k=k, queryset=get_product_model()._default_manager.all()
+        space, vectors, k=k, queryset=get_product_model()._default_manager.all()
     )
     return [Region(p.box, m, p.precise) for p, m in zip(proposals, matches, strict=True)]
 
@@ -67,7 +69,7 @@ def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:
     from visual_search.look import group_regions, iou
 
     rows = []
-    grid = itertools.product((0.45, 0.5, 0.6), (0.7, 0.75, 0.8), (1, 2, 3))
+    grid = itertools.product((0.3, 0.4, 0.5, 0.6, 0.7), (0.6, 0.7, 0.8), (1, 2, 3))
     for min_score, relative, support in grid:
         found = total = false = 0
         for regions, picks, boxes in photos:
