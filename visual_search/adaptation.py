@@ -199,6 +199,8 @@ def adapt(
     if method not in ("finetune", "whitening"):
         raise AdaptationRefused(f"Unknown adaptation method {method!r}.")
     started = time.monotonic()
+    progress = _timed(progress, started)
+
     base = get_current_space()
     if base is None or base.dimension is None:
         raise AdaptationRefused("Nothing is embedded yet: run visual_search_reindex first.")
@@ -272,6 +274,11 @@ def adapt(
         switch(space)
         progress(f"switched queries to {space.name}")
     return Adaptation(space, report, activate)
+
+
+def _timed(progress: Callable[[str], None], started: float) -> Callable[[str], None]:
+    """Progress lines that say how long the adaptation has taken so far."""
+    return lambda message: progress(f"[{time.monotonic() - started:.0f} s] {message}")
 
 
 def _store_calibration(space: EmbeddingSpace, fitted: dict[str, Any]) -> None:
