@@ -87,7 +87,12 @@ def fine_tuning_rows(
     rows = []
     n_studio = len(studio_labels)
     for stages in [int(s) for s in args.trained_stages.split(",")]:
-        config = FineTuneConfig(epochs=args.epochs, trained_stages=stages)
+        config = FineTuneConfig(
+            epochs=args.epochs,
+            trained_stages=stages,
+            learning_rate=args.learning_rate,
+            scale=args.scale,
+        )
 
         started = time.monotonic()
         model = load_timm_model(encoder_config["MODEL"], encoder_config["WEIGHTS"])
@@ -159,7 +164,9 @@ def main() -> None:
     parser.add_argument("--dims", default="40,80,120")
     parser.add_argument("--shrink", type=float, default=0.1)
     parser.add_argument("--finetune", action="store_true", help="add fine-tuning rows")
-    parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+    parser.add_argument("--learning-rate", type=float, default=5e-4, help="fine-tuning")
+    parser.add_argument("--scale", type=float, default=12.0, help="fine-tuning cosine scale")
     parser.add_argument(
         "--trained-stages", default="2", help="fine-tuning: comma list of stages trained"
     )
