@@ -252,7 +252,9 @@ def adapt(
     }
     progress(
         f"held-out R@1 {before['R@1']:.3f} -> {after['R@1']:.3f}, "
-        f"R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}"
+        f"R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}; at 90 % precision the confidence "
+        f"answers {report['coverage_at_90_precision']['before']:.0%} -> "
+        f"{report['coverage_at_90_precision']['after']:.0%} of held-out images"
     )
     better = after["R@1"] > before["R@1"] and after["R@5"] >= before["R@5"]
     if not better and not force:
