@@ -143,9 +143,7 @@ def recall(
     queries: np.ndarray, q_labels: np.ndarray, gallery: np.ndarray, g_labels: np.ndarray
 ) -> dict[str, float]:
     """Product-level R@1 / R@5 (a product scores by its best gallery image), exact search."""
-    scores = queries @ gallery.T
-    products = np.unique(g_labels)
-    best = np.stack([scores[:, g_labels == p].max(1) for p in products], axis=1)
+    products, best = calibration.product_scores(queries, gallery, g_labels)
     order = products[np.argsort(-best, axis=1)]
     ranks = np.array(
         [list(row).index(label) + 1 for row, label in zip(order, q_labels, strict=True)]
