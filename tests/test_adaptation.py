@@ -192,3 +192,25 @@ def test_calibrated_confidence_lets_the_api_say_no_match(labelled_catalogue, pho
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "QUERY": {"MIN_CONFIDENCE": threshold}}
     assert services.min_confidence() == threshold
     assert search(photos("val", "Pineapple")[0])["match"] is False
+
+
+def test_held_out_images_are_the_last_of_each_product_and_two_stay_to_learn_from():
+    from visual_search.adaptation import held_out_mask
+
+    labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 2)
+    held = held_out_mask(labels, 0.2)
+    assert held.tolist() == [False] * 8 + [True] * 2 + [False, False, True] + [False, False]
+
+
+def test_fine_tuning_explains_which_models_it_supports():
+    import timm
+
+    from visual_search.fine_tuning import FineTuneConfig, FineTuner, FineTuningUnsupported
+
+    with pytest.raises(FineTuningUnsupported, match="EfficientNet-family"):
+        FineTuner(timm.create_model("resnet18", pretrained=False), FineTuneConfig())
+    with pytest.raises(FineTuningUnsupported, match="trained_stages"):
+        FineTuner(
+            timm.create_model("tf_efficientnet_lite0", pretrained=False),
+            FineTuneConfig(trained_stages=7),
+        )
