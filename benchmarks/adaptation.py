@@ -23,30 +23,11 @@ import common
 import numpy as np
 
 
-def learned_whitening(vectors: np.ndarray, labels: np.ndarray, dims: int, shrink: float):
-    """(mean, projection): whiten within-class scatter, then PCA of the class means."""
-    mean = vectors.mean(0)
-    x = vectors - mean
-    classes = np.unique(labels)
-    centred = np.concatenate([x[labels == c] - x[labels == c].mean(0) for c in classes])
-    within = centred.T @ centred / len(centred)
-    within = (1 - shrink) * within + shrink * np.trace(within) / len(within) * np.eye(len(within))
-    values, vectors_w = np.linalg.eigh(within)
-    whiten = vectors_w / np.sqrt(np.maximum(values, 1e-9))
-    means = np.stack([(x[labels == c] @ whiten).mean(0) for c in classes])
-    _, _, vt = np.linalg.svd(means - means.mean(0), full_matrices=False)
-    return mean, whiten @ vt[:dims].T
-
-
-def project(vectors, mean, projection):
-    y = (vectors - mean) @ projection
-    return y / np.linalg.norm(y, axis=1, keepdims=True)
-
-
 def ranks(queries, q_labels, gallery, g_labels):
-    scores = queries @ gallery.T
-    products = np.unique(g_labels)
-    best = np.stack([scores[:, g_labels == p].max(1) for p in products], axis=1)
+    """Rank of each query's product (a product scores by its best gallery image)."""
+    from visual_search.calibration import product_scores
+
+    products, best = product_scores(queries, gallery, g_labels)
     order = products[np.argsort(-best, axis=1)]
     return np.array(
         [list(row).index(label) + 1 for row, label in zip(order, q_labels, strict=True)]
@@ -68,6 +49,8 @@ def fine_tuning_rows(
     only rows learned from other products). Trunk features are computed once."""
     import torch
 
+    from visual_search.adaptation import apply as project
+    from visual_search.adaptation import learned_whitening
     from visual_search.conf import vs_settings
     from visual_search.encoders import load_timm_model
     from visual_search.fine_tuning import FineTuneConfig, FineTuner
@@ -186,6 +169,8 @@ def main() -> None:
     django.setup()
     from retrieval import read_classes, read_split
 
+    from visual_search.adaptation import apply as project
+    from visual_search.adaptation import learned_whitening
     from visual_search.encoders import get_encoder
     from visual_search.images import load_image
 

@@ -48,21 +48,10 @@ def composite(paths: list[Path], rng: random.Random, size: int = 800):
 
 
 def regions_of(canvas, k: int) -> list:
-    """The regions shop_the_look groups, before grouping (for the threshold sweep), in the
-    space queries run in (the adapted one with --adapt)."""
-    from visual_search.adaptation import encode_in
-    from visual_search.look import Region, get_detector
-    from visual_search.models_registry import get_product_model
-    from visual_search.queries import nearest_per_query
-    from visual_search.spaces import query_space
+    """The regions shop_the_look groups, before grouping (for the threshold sweep)."""
+    from visual_search import services
 
-    space = query_space()
-    proposals = get_detector().propose(canvas)
-    vectors = encode_in(space, [canvas.crop(tuple(round(v) for v in p.box)) for p in proposals])
-    matches = nearest_per_query(
-        space, vectors, k=k, queryset=get_product_model()._default_manager.all()
-    )
-    return [Region(p.box, m, p.precise) for p, m in zip(proposals, matches, strict=True)]
+    return services.look_regions(canvas, k=k)
 
 
 def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:

@@ -113,14 +113,16 @@ def test_shop_the_look_finds_each_item(gallery_catalogue, photos):
         ), (name, [(g.box, [str(r.product) for r in g.results]) for g in groups])
 
 
+def jpeg_upload(picture, name="look.jpg"):
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG")
+    return SimpleUploadedFile(name, buffer.getvalue())
+
+
 @pytest.mark.django_db
 def test_shop_the_look_api(client, gallery_catalogue, photos):
     canvas, _ = look_photo([photos("val", "Banana")[0], photos("val", "Kiwi")[0]])
-    buffer = io.BytesIO()
-    canvas.save(buffer, "JPEG")
-    response = client.post(
-        "/api/visual-search/look/?k=2", {"image": SimpleUploadedFile("look.jpg", buffer.getvalue())}
-    )
+    response = client.post("/api/visual-search/look/?k=2", {"image": jpeg_upload(canvas)})
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["width"] == 800 and body["count"] == len(body["groups"]) >= 1
@@ -133,13 +135,11 @@ def test_shop_the_look_api(client, gallery_catalogue, photos):
 @pytest.mark.django_db
 def test_admin_suggests_hotspots_the_merchant_accepts(admin_client, gallery_catalogue, photos):
     canvas, boxes = look_photo([photos("val", "Banana")[0], photos("val", "Arla-Standard-Milk")[0]])
-    buffer = io.BytesIO()
-    canvas.save(buffer, "JPEG")
     response = admin_client.post(
         "/admin/visual_search/look/add/",
         {
             "title": "Breakfast",
-            "image": SimpleUploadedFile("look.jpg", buffer.getvalue()),
+            "image": jpeg_upload(canvas),
             "items-TOTAL_FORMS": "0",
             "items-INITIAL_FORMS": "0",
         },

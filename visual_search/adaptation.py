@@ -109,21 +109,21 @@ def space_encoder(space: EmbeddingSpace) -> Encoder:
 
 
 def to_space(
-    space: EmbeddingSpace, vectors: np.ndarray, pictures: Sequence[Image.Image] = ()
+    space: EmbeddingSpace, vectors: np.ndarray | None, pictures: Sequence[Image.Image] = ()
 ) -> np.ndarray:
-    """Vectors of the base encoder (of these pictures) expressed in ``space``."""
-    if space.base_id is None:
-        return vectors
+    """These pictures in ``space``, given their base-encoder vectors (which a fine-tuned
+    space does not need: it encodes the pictures with its own model)."""
     if is_fine_tuned(space):
         return space_encoder(space).encode(list(pictures))
+    if space.base_id is None:
+        return vectors
     return apply(vectors, *transform_of(space))
 
 
 def encode_in(space: EmbeddingSpace, pictures: Sequence[Image.Image]) -> np.ndarray:
-    """Pictures encoded in ``space``: a fine-tuned space needs only its own model."""
-    if is_fine_tuned(space):
-        return space_encoder(space).encode(list(pictures))
-    return to_space(space, get_encoder().encode(list(pictures)))
+    """Pictures encoded in ``space``, with one model only."""
+    base = None if is_fine_tuned(space) else get_encoder().encode(list(pictures))
+    return to_space(space, base, pictures)
 
 
 def held_out_mask(labels: np.ndarray, share: float) -> np.ndarray:

@@ -124,8 +124,7 @@ def result_confidences(calibration: dict[str, Any] | None, scores: Sequence[floa
     if not calibration or not scores:
         return [None] * len(scores)
     values = np.asarray(scores, dtype=np.float64)
-    others = np.array(
-        [np.max(np.delete(values, i)) if len(values) > 1 else 0.0 for i in range(len(values))]
-    )
+    best_two = np.append(-np.sort(-values)[:2], 0.0)  # a lone result's rival scores 0
+    others = np.where(np.arange(len(values)) == values.argmax(), best_two[1], best_two[0])
     features = np.stack([values, values - others], axis=1)
     return [round(float(p), 4) for p in probability(calibration, features)]

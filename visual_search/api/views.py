@@ -108,9 +108,15 @@ class VisualSearchView(APIView):
             raise ApiError('Send the photo as a multipart file field named "image".', "no_file")
         return self.params(request), request.FILES["image"]
 
-    def results(self, request: Request, results: list[services.SearchResult]) -> Response:
-        data = {"count": len(results), "space": _space_name(), "results": results}
-        return Response(ResultsSerializer(data, context={"request": request}).data)
+    def results(
+        self,
+        request: Request,
+        results: list[services.SearchResult],
+        serializer: type = ResultsSerializer,
+        **extra: Any,
+    ) -> Response:
+        data = {"count": len(results), "space": _space_name(), "results": results, **extra}
+        return Response(serializer(data, context={"request": request}).data)
 
     def photo_results(
         self, request: Request, results: list[services.SearchResult], values: dict[str, Any]
@@ -120,14 +126,9 @@ class VisualSearchView(APIView):
         match = services.is_match(results, threshold)
         if match is False:
             results = []
-        data = {
-            "count": len(results),
-            "space": _space_name(),
-            "match": match,
-            "min_confidence": threshold,
-            "results": results,
-        }
-        return Response(PhotoResultsSerializer(data, context={"request": request}).data)
+        return self.results(
+            request, results, PhotoResultsSerializer, match=match, min_confidence=threshold
+        )
 
 
 def _space_name() -> str:
