@@ -123,20 +123,26 @@ def fine_tuning_rows(
         )
         if not args.folds:
             continue
-        all_ranks = []
-        for fold in folds:
-            tuner.train(~np.isin(gallery_labels, fold))  # the other products' images only
-            g = tuner.added_vectors()[:n_studio]
-            q = tuner.embed_features(query_features)
-            held = np.isin(query_labels, fold)
-            all_ranks.append(ranks(q[held], query_labels[held], g, studio_labels))
-        rows.append(
-            {
-                "gallery": "studio only",
-                "transform": label + " (other products)",
-                **summary(np.concatenate(all_ranks)),
-            }
-        )
+        variants = {" (other products)": lambda fold: ~np.isin(gallery_labels, fold)}
+        if args.studio_classes:  # what the app did before it left single-image products out
+            variants[" (other products + the fold's studio images as classes)"] = lambda fold: (
+                ~np.isin(gallery_labels, fold) | (np.arange(len(gallery_labels)) < n_studio)
+            )
+        for suffix, selection in variants.items():
+            all_ranks = []
+            for fold in folds:
+                tuner.train(selection(fold))
+                g = tuner.added_vectors()[:n_studio]
+                q = tuner.embed_features(query_features)
+                held = np.isin(query_labels, fold)
+                all_ranks.append(ranks(q[held], query_labels[held], g, studio_labels))
+            rows.append(
+                {
+                    "gallery": "studio only",
+                    "transform": label + suffix,
+                    **summary(np.concatenate(all_ranks)),
+                }
+            )
     return rows
 
 
@@ -155,6 +161,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--folds", action="store_true", help="fine-tune per fold for the other-products rows"
+    )
+    parser.add_argument(
+        "--studio-classes",
+        action="store_true",
+        help="with --folds: also train each fold's products as classes from their studio image",
     )
     parser.add_argument("--output", default="adaptation")
     args = parser.parse_args()

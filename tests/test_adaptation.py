@@ -78,6 +78,8 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     from visual_search.images import load_image
     from visual_search.models import SpaceWeights
 
+    single = make_product("Pineapple", photos("train", "Pineapple")[0])  # one image only
+    services.embed_product(single)
     base = query_space()
     out = run("--method", "finetune", "--epochs", "3")
     assert "epoch 3/3" in out and "encoded" in out
@@ -86,6 +88,8 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     assert SpaceWeights.objects.filter(space=adapted).exists()
     report = adapted.report
     assert report["method"] == "finetune" and report["after"]["R@1"] > report["before"]["R@1"]
+    # The single-image product is not a training class (but is encoded like the others).
+    assert report["products"] == len(NAMES) and report["single_image_products"] == 1
     assert (
         ProductEmbedding.objects.filter(space=adapted, status="ready").count()
         == ProductEmbedding.objects.filter(space=base, status="ready").count()
