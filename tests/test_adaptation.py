@@ -40,8 +40,10 @@ def run(*args):
 
 
 def test_adapt_checks_on_held_out_images_then_switches_and_reverts(
-    labelled_catalogue, make_product, photos
+    labelled_catalogue, make_product, photos, settings
 ):
+    # 20 products: with 4 of them left out as strangers, base search is already perfect.
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "ADAPTATION": {"STRANGERS": 0}}
     base = query_space()
     out = run("--method", "whitening", "--dims", "19")
     assert "held-out R@1" in out and '"before"' in out and "active" in out
@@ -89,7 +91,8 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     report = adapted.report
     assert report["method"] == "finetune" and report["after"]["R@1"] > report["before"]["R@1"]
     # The single-image product is not a training class (but is encoded like the others).
-    assert report["products"] == len(NAMES) and report["single_image_products"] == 1
+    assert report["single_image_products"] == 1
+    assert report["products"] + report["stranger_products"] == len(NAMES)
     assert (
         ProductEmbedding.objects.filter(space=adapted, status="ready").count()
         == ProductEmbedding.objects.filter(space=base, status="ready").count()
@@ -204,6 +207,20 @@ def test_held_out_images_are_the_last_of_each_product_and_two_stay_to_learn_from
     labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 2)
     held = held_out_mask(labels, 0.2)
     assert held.tolist() == [False] * 8 + [True] * 2 + [False, False, True] + [False, False]
+
+
+def test_strangers_are_whole_products_among_those_with_held_out_images():
+    from visual_search.adaptation import held_out_mask, stranger_mask
+
+    labels = np.repeat([f"p{i}" for i in range(12)], 5)
+    labels = np.concatenate([labels, ["single"]])
+    held = held_out_mask(labels, 0.2)
+    strangers = stranger_mask(labels, held, 0.25)
+    chosen = np.unique(labels[strangers])
+    assert len(chosen) == 3 and "single" not in chosen
+    assert all(strangers[labels == product].all() for product in chosen)
+    assert not stranger_mask(labels[:45], held[:45], 0.25).any()  # 9 products: too few
+    assert not stranger_mask(labels, held, 0).any()
 
 
 def test_fine_tuning_explains_which_models_it_supports():

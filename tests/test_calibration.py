@@ -43,6 +43,26 @@ def test_calibrated_confidence_separates_matches_from_strangers():
     assert 0 <= unsure < 0.5 < sure <= 1
 
 
+def test_photos_of_products_left_out_calibrate_as_strangers_weighing_as_much_as_matches():
+    rng = np.random.default_rng(2)
+    vectors, labels = _clusters(rng, products=16)
+    outside = np.isin(labels, ["0", "1", "2", "3"])  # 24 photos of 4 products not sold
+    held = np.zeros(len(labels), dtype=bool)
+    held[5::6] = True
+    queries, gallery = held & ~outside, ~held & ~outside
+    features, outcomes = calibration.matches_and_strangers(
+        vectors[queries], labels[queries], vectors[gallery], labels[gallery], vectors[outside]
+    )
+    assert len(outcomes) == queries.sum() + outside.sum() and not outcomes[12:].any()
+    fitted = calibration.calibrate(
+        vectors[queries], labels[queries], vectors[gallery], labels[gallery], vectors[outside]
+    )
+    assert fitted["strangers"] == 24 and fitted["held_out_queries"] == 12
+    # Twice as many strangers as matches: unweighted, the intercept would lean to "no".
+    unweighted = calibration.fit(features, outcomes)
+    assert fitted["intercept"] > unweighted["intercept"]
+
+
 def test_precision_coverage_counts_answered_strangers_as_wrong():
     confidence = np.array([0.9, 0.8, 0.7, 0.6])
     outcomes = np.array([True, False, True, False])

@@ -2,11 +2,13 @@
 
 A cosine score alone says little (a close look-alike scores high too), so the confidence is
 a logistic model of two figures of the ranking: the product's score and its margin over the
-best other product. It is fitted on the catalogue's own held-out images, each used twice:
-once searched against the catalogue (a match when the top product is right) and once with its
-own product left out, which is exactly a photo of a product the shop does not sell (never a
-match). The fitted confidence is therefore calibrated for an even mix of photos of products
-in and out of the catalogue.
+best other product. It is fitted on the catalogue's own held-out images, searched against the
+catalogue (a match when the top product is right), and on photos of "strangers": products
+left out of the catalogue and out of what the adapted space learned (adaptation.py), never a
+match. Without strangers, each held-out image is searched a second time with its own product
+left out; that is a fair stranger for fixed features, but a fine-tuned model has learned that
+product, so it would flatter the confidence. Both sides weigh the same: the confidence is
+calibrated for an even mix of photos of products in and out of the catalogue.
 """
 
 from __future__ import annotations
@@ -40,28 +42,40 @@ def matches_and_strangers(
     query_labels: np.ndarray,
     gallery: np.ndarray,
     gallery_labels: np.ndarray,
+    strangers: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and outcomes: each query in the catalogue, then with its product left out."""
+    """Features and outcomes: each query in the catalogue, then each stranger (photos of
+    products not in the gallery) or, without strangers, each query with its product left out."""
     products, scores = product_scores(queries, gallery, gallery_labels)
     inside = ranking_features(scores)
     correct = products[scores.argmax(1)] == query_labels
-    without_own = np.where(products[None, :] == query_labels[:, None], -np.inf, scores)
-    outside = ranking_features(without_own)
+    if strangers is not None and len(strangers):
+        outside = ranking_features(product_scores(strangers, gallery, gallery_labels)[1])
+    else:
+        without_own = np.where(products[None, :] == query_labels[:, None], -np.inf, scores)
+        outside = ranking_features(without_own)
     return (
         np.concatenate([inside, outside]),
         np.concatenate([correct, np.zeros(len(outside), dtype=bool)]),
     )
 
 
-def fit(features: np.ndarray, outcomes: np.ndarray, *, l2: float = 1e-3) -> dict[str, Any]:
+def fit(
+    features: np.ndarray,
+    outcomes: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    l2: float = 1e-3,
+) -> dict[str, Any]:
     """Logistic regression by Newton's method (two features: no library needed)."""
     x = np.concatenate([features, np.ones((len(features), 1))], axis=1).astype(np.float64)
     y = outcomes.astype(np.float64)
+    v = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
     w = np.zeros(x.shape[1])
     for _ in range(50):
         p = 1 / (1 + np.exp(-(x @ w)))
-        gradient = x.T @ (p - y) + l2 * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        gradient = x.T @ (v * (p - y)) + l2 * w
+        hessian = (x * (v * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
         step = np.linalg.solve(hessian, gradient)
         w -= step
         if np.abs(step).max() < 1e-8:
@@ -75,10 +89,15 @@ def probability(calibration: dict[str, Any], features: np.ndarray) -> np.ndarray
 
 
 def precision_coverage(
-    confidence: np.ndarray, outcomes: np.ndarray, in_catalogue: np.ndarray
+    confidence: np.ndarray,
+    outcomes: np.ndarray,
+    in_catalogue: np.ndarray,
+    weights: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
     """For thresholds over the confidences: precision of the answered queries (an answered
-    stranger is wrong) and the share of in-catalogue queries answered."""
+    stranger is wrong; each query counts ``weights``) and the share of in-catalogue queries
+    answered."""
+    weights = np.ones(len(outcomes)) if weights is None else weights
     rows = []
     for threshold in np.unique(np.round(confidence, 3)):
         answered = confidence >= threshold
@@ -87,7 +106,7 @@ def precision_coverage(
         rows.append(
             {
                 "threshold": float(threshold),
-                "precision": float(outcomes[answered].mean()),
+                "precision": float((weights * outcomes)[answered].sum() / weights[answered].sum()),
                 "coverage": float((answered & in_catalogue).sum() / max(1, in_catalogue.sum())),
             }
         )
@@ -105,14 +124,21 @@ def calibrate(
     query_labels: np.ndarray,
     gallery: np.ndarray,
     gallery_labels: np.ndarray,
+    strangers: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Fit the confidence on held-out images and say what threshold gives 90 % precision."""
-    features, outcomes = matches_and_strangers(queries, query_labels, gallery, gallery_labels)
-    model = fit(features, outcomes)
+    """Fit the confidence on held-out images (and strangers) and say what threshold gives
+    90 % precision."""
+    features, outcomes = matches_and_strangers(
+        queries, query_labels, gallery, gallery_labels, strangers
+    )
     in_catalogue = np.arange(len(outcomes)) < len(queries)
-    curve = precision_coverage(probability(model, features), outcomes, in_catalogue)
+    outside = len(outcomes) - len(queries)
+    weights = np.where(in_catalogue, 0.5 / len(queries), 0.5 / max(1, outside)) * len(outcomes)
+    model = fit(features, outcomes, weights)
+    curve = precision_coverage(probability(model, features), outcomes, in_catalogue, weights)
     at_90 = coverage_at(curve, 0.9)
     model["held_out_queries"] = int(len(queries))
+    model["strangers"] = int(outside) if strangers is not None and len(strangers) else 0
     model["threshold_for_90_precision"] = at_90["threshold"] if at_90 else None
     model["coverage_at_90_precision"] = round(at_90["coverage"], 4) if at_90 else 0.0
     return model

@@ -26,6 +26,10 @@ def _error(msg: str, id: str, hint: str | None = None) -> checks.Error:
     return checks.Error(msg, hint=hint, id=f"visual_search.{id}")
 
 
+def _fraction(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
+
+
 def product_model_errors() -> list[checks.CheckMessage]:
     from visual_search.models_registry import get_product_model
 
@@ -159,10 +163,17 @@ def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
             errors.append(
                 _error(f"ADAPTATION {key} must be a positive integer, not {value!r}.", "E012")
             )
-    held = adaptation.get("HELD_OUT")
-    if isinstance(held, bool) or not isinstance(held, int | float) or not 0 < held < 1:
+    held, strangers = adaptation.get("HELD_OUT"), adaptation.get("STRANGERS")
+    if not _fraction(held):
         errors.append(
             _error(f"ADAPTATION HELD_OUT must be a fraction between 0 and 1, not {held!r}.", "E012")
+        )
+    if not (_fraction(strangers) or (strangers == 0 and not isinstance(strangers, bool))):
+        errors.append(
+            _error(
+                f"ADAPTATION STRANGERS must be 0 or a fraction between 0 and 1, not {strangers!r}.",
+                "E012",
+            )
         )
     return errors
 

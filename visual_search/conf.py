@@ -80,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
         # Share of each product's images (products with 3 or more) held out to check the
         # adapted space and to calibrate match confidence before anything is switched.
         "HELD_OUT": 0.2,
+        # Share of those products left out of the check as "strangers" (products the shop
+        # does not sell) to calibrate match confidence; the stored model then learns them too.
+        "STRANGERS": 0.2,
     },
     "API": {
         # Dotted path to the serializer of a result's product; None: all the model's fields.
