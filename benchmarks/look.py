@@ -4,7 +4,8 @@ The catalogue is one product per class (studio image + the photos of --gallery s
 look photo is a canvas with 2 to 6 photos from the --queries split (never in the gallery)
 pasted at random sizes and positions. For each photo, services.shop_the_look(k) runs end to
 end; an item counts as found when a group's box overlaps it with IoU >= 0.5 and its product is
-in that group's top k. A group that overlaps no item that much is a false group.
+in that group's top k. A group that overlaps no item that much is a false group. --sweep
+regroups the same regions under other thresholds; --diagnose says which step lost each item.
 
     python benchmarks/look.py --data ../shared/data/grocery --items 4 --photos 100
 """
@@ -48,10 +49,38 @@ def composite(paths: list[Path], rng: random.Random, size: int = 800):
 
 
 def regions_of(canvas, k: int) -> list:
-    """The regions shop_the_look groups, before grouping (for the threshold sweep)."""
+    """The regions shop_the_look groups, before grouping (for the sweep and the diagnosis)."""
     from visual_search import services
 
     return services.look_regions(canvas, k=k)
+
+
+def why_missed(regions: list, groups: list, fine: int, box, fine_of: dict) -> str:
+    """The first step of shop_the_look that lost an item (or "found")."""
+    from visual_search.conf import vs_settings
+    from visual_search.look import iou
+
+    def has(matches) -> bool:
+        return fine in [fine_of[m.product.pk] for m in matches]
+
+    if any(iou(g.box, box) >= 0.5 and has(g.results) for g in groups):
+        return "found"
+    good = [r for r in regions if iou(r.box, box) >= 0.5 and has(r.matches)]
+    if not good:
+        return "no region with IoU >= 0.5 and the product in its top k"
+    if any(iou(g.box, box) >= 0.5 for g in groups):
+        return "a group's box fits, its products do not"
+    look = vs_settings.LOOK
+    best = max(r.best.score for r in good)
+    if best < look["MIN_SCORE"]:
+        return "its regions score below MIN_SCORE"
+    if best < look["RELATIVE"] * max(r.best.score for r in regions if r.matches):
+        return "its regions score below RELATIVE x the photo's best"
+    if any(iou(g.box, box) >= 0.3 for g in groups):
+        return "a group's box overlaps it with IoU 0.3-0.5"
+    if any(iou(g.box, box) > 0 for g in groups):
+        return "suppressed by an overlapping group"
+    return "dropped by the scene, part or support filters"
 
 
 def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:
@@ -117,6 +146,11 @@ def main() -> None:
         action="store_true",
         help="search in the catalogue-adapted space (learned from the gallery; kept with --reuse)",
     )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="say for each item which step of shop_the_look lost it (embeds the regions again)",
+    )
     parser.add_argument("--output", default="")
     args = parser.parse_args()
 
@@ -145,7 +179,7 @@ def main() -> None:
     pool = read_split(args.data, args.queries)
     low, _, high = args.items.partition("-")
     found = total = false_groups = 0
-    latencies, per_count = [], {}
+    latencies, per_count, reasons = [], {}, {}
     for _ in range(args.photos):
         count = rng.randint(int(low), int(high or low))
         picks = rng.sample(pool, count)
@@ -155,8 +189,13 @@ def main() -> None:
         started = time.perf_counter()
         groups = services.shop_the_look(canvas, k=args.k)
         latencies.append(time.perf_counter() - started)
+        regions = regions_of(canvas, args.k) if args.sweep or args.diagnose else []
         if args.sweep:
-            sweep.append((regions_of(canvas, args.k), picks, boxes))
+            sweep.append((regions, picks, boxes))
+        if args.diagnose:
+            for (_, fine), box in zip(picks, boxes, strict=True):
+                reason = why_missed(regions, groups, fine, box, fine_of)
+                reasons[reason] = reasons.get(reason, 0) + 1
         hits = 0
         for (_, fine), box in zip(picks, boxes, strict=True):
             if any(
@@ -183,6 +222,9 @@ def main() -> None:
     by_count = {n: hits / items for n, (hits, items) in sorted(per_count.items())}
     print("recall by items per photo:", {n: round(r, 3) for n, r in by_count.items()})
     payload = {"results": [row], "recall_by_items": by_count, "settings": services.vs_settings.LOOK}
+    if args.diagnose:
+        payload["items_by_outcome"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+        print("items by outcome:", payload["items_by_outcome"])
     if args.sweep:
         payload["sweep"] = run_sweep(sweep, fine_of, args.k)
     common.save(args.output or f"look-{args.items}", payload)

@@ -12,8 +12,9 @@ space derived from the current one, switched on in one transaction and reversibl
   *between* products. No image is encoded again; works with any encoder.
 
 New embeddings are written to the base space and to its adapted spaces (pipeline.py), so
-reverting is instant. The same held-out images calibrate match confidence (calibration.py),
-for the base space and for the adapted one.
+reverting is instant. The same held-out images, with photos of a share of the products left
+out of the check ("strangers"), calibrate match confidence (calibration.py), for the base
+space and for the adapted one.
 """
 
 from __future__ import annotations
