@@ -143,9 +143,9 @@ def held_out_mask(labels: np.ndarray, share: float) -> np.ndarray:
 def stranger_mask(labels: np.ndarray, held: np.ndarray, share: float) -> np.ndarray:
     """Every image of a seeded ``share`` of the products that have held-out images. The
     adaptation is checked without them, so they are photos of products it never learned and
-    the check catalogue does not sell: what calibrates the "not ours" answer. Catalogues
-    with fewer than 10 such products keep them all (confidence is then calibrated by leaving
-    each held-out image's own product out, which flatters a fine-tuned space)."""
+    the check catalogue does not sell: what calibrates the "not ours" answer. With fewer than
+    10 such products there are none (confidence is then calibrated by leaving each held-out
+    image's own product out, which flatters a fine-tuned space)."""
     products = np.unique(labels[held])
     count = round(len(products) * share)
     if len(products) < 10 or count < 1:
