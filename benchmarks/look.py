@@ -144,7 +144,8 @@ def main() -> None:
     parser.add_argument(
         "--adapt",
         action="store_true",
-        help="search in the catalogue-adapted space (learned from the gallery; kept with --reuse)",
+        help="match regions in the catalogue-adapted space (LOOK ADAPTED_SPACE; the space is "
+        "learned from the gallery and kept with --reuse)",
     )
     parser.add_argument(
         "--diagnose",
@@ -173,6 +174,11 @@ def main() -> None:
         if not (args.reuse and space is not None and space.base_id is not None):
             space = adaptation.adapt(force=True).space  # the default method
         print(f"searching in {space.name} (held-out {space.report['after']})")
+    from django.conf import settings
+
+    look_settings = {**settings.VISUAL_SEARCH.get("LOOK", {}), "ADAPTED_SPACE": args.adapt}
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "LOOK": look_settings}
+    services.vs_settings.reload()
 
     sweep: list[tuple[list, list, list]] = []  # (regions, picks, boxes) per photo
     rng = random.Random(args.seed)

@@ -74,9 +74,10 @@ def test_adapt_checks_on_held_out_images_then_switches_and_reverts(
 
 
 def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces(
-    labelled_catalogue, make_product, photos
+    labelled_catalogue, make_product, photos, settings
 ):
     from visual_search.adaptation import space_encoder
+    from visual_search.encoders import get_encoder
     from visual_search.images import load_image
     from visual_search.models import SpaceWeights
 
@@ -106,6 +107,18 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     results = services.search_by_image(photos("val", "Kiwi")[0], k=3)
     assert results[0].product == kiwi and 0 < results[0].confidence <= 1
     assert results[0].confidence > results[1].confidence
+    # Look regions are matched in the base space unless LOOK ADAPTED_SPACE says otherwise.
+    picture = load_image(photos("val", "Kiwi")[0])
+    for space, encoder, adapted_look in (
+        (base, None, False),
+        (adapted, space_encoder(adapted), True),
+    ):
+        settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "LOOK": {"ADAPTED_SPACE": adapted_look}}
+        whole = services.look_regions(picture, k=1)[0]  # the first region is the whole photo
+        vector = (encoder or get_encoder()).encode([picture.crop(tuple(map(round, whole.box)))])[0]
+        stored = ProductEmbedding.objects.filter(product_id=whole.best.product.pk, space=space)
+        best = max(float(np.asarray(row.embedding) @ vector) for row in stored)
+        assert abs(whole.best.score - best) < 0.01
     # A product saved now is encoded by both models.
     fresh = make_product("Kiwi too", photos("train", "Kiwi")[-1])
     services.embed_product(fresh)

@@ -122,6 +122,10 @@ DEFAULTS: dict[str, Any] = {
         # Regions (the group's own and those on it) an item needs to count: cuts false groups.
         "MIN_SUPPORT": 2,
         "MAX_SIDE": 1024,  # look photos are scaled down to this before proposing regions
+        # Match look regions in the catalogue-adapted space too (else the base space): the
+        # fine-tuned model learned whole photos, and on crops it found fewer items with more
+        # false groups (docs/benchmarks.md, "Shop the look").
+        "ADAPTED_SPACE": False,
     },
     "CACHE": {
         # Cache of template-tag results (a Django cache alias); TIMEOUT 0 disables it.

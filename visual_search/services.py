@@ -193,9 +193,12 @@ def look_regions(
     proposals = [
         Proposal(*p) if not isinstance(p, Proposal) else p for p in get_detector().propose(picture)
     ]
-    vectors, space = _encode_for_query(
-        [picture.crop(tuple(round(v) for v in p.box)) for p in proposals]
-    )
+    crops = [picture.crop(tuple(round(v) for v in p.box)) for p in proposals]
+    if vs_settings.LOOK["ADAPTED_SPACE"]:
+        vectors, space = _encode_for_query(crops)
+    else:
+        space = ensure_current_space(get_encoder(), with_dimension=True)
+        vectors = encode_in(space, crops)
     matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
     return [Region(p.box, found, p.precise) for p, found in zip(proposals, matches, strict=True)]
 
