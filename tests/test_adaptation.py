@@ -94,6 +94,11 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     # The single-image product is not a training class (but is encoded like the others).
     assert report["single_image_products"] == 1
     assert report["products"] + report["stranger_products"] == len(NAMES)
+    # The status page says what the confidence was calibrated against.
+    strangers = report["calibration"]["strangers"]
+    assert strangers > 0
+    evaluations = {s["name"]: s["evaluation"] for s in services.status_report()["spaces"]}
+    assert f"against {strangers} photos of products left out" in evaluations[adapted.name]
     assert (
         ProductEmbedding.objects.filter(space=adapted, status="ready").count()
         == ProductEmbedding.objects.filter(space=base, status="ready").count()

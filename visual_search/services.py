@@ -385,10 +385,16 @@ def _evaluation(report: dict[str, Any]) -> str:
     fitted = report.get("calibration")
     if fitted:
         threshold = fitted.get("threshold_for_90_precision")
+        strangers = fitted.get("strangers")
+        against = (
+            f"{strangers} photos of products left out"
+            if strangers
+            else "held-out images with their own product left out"
+        )
         parts.append(
-            f"confidence calibrated: {fitted['coverage_at_90_precision']:.0%} of in-catalogue "
-            f"photos answered at 90 % precision"
-            + (f" (MIN_CONFIDENCE {threshold:.2f})" if threshold is not None else "")
+            f"confidence calibrated against {against}: "
+            f"{fitted['coverage_at_90_precision']:.0%} of in-catalogue photos answered at 90 % "
+            "precision" + (f" (MIN_CONFIDENCE {threshold:.2f})" if threshold is not None else "")
         )
     return "; ".join(parts)
 
