@@ -25,13 +25,9 @@ import numpy as np
 
 def ranks(queries, q_labels, gallery, g_labels):
     """Rank of each query's product (a product scores by its best gallery image)."""
-    from visual_search.calibration import product_scores
+    from visual_search.calibration import product_ranks
 
-    products, best = product_scores(queries, gallery, g_labels)
-    order = products[np.argsort(-best, axis=1)]
-    return np.array(
-        [list(row).index(label) + 1 for row, label in zip(order, q_labels, strict=True)]
-    )
+    return product_ranks(queries, q_labels, gallery, g_labels)
 
 
 def summary(r: np.ndarray) -> dict:

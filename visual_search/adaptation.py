@@ -158,11 +158,7 @@ def recall(
     queries: np.ndarray, q_labels: np.ndarray, gallery: np.ndarray, g_labels: np.ndarray
 ) -> dict[str, float]:
     """Product-level R@1 / R@5 (a product scores by its best gallery image), exact search."""
-    products, best = calibration.product_scores(queries, gallery, g_labels)
-    order = products[np.argsort(-best, axis=1)]
-    ranks = np.array(
-        [list(row).index(label) + 1 for row, label in zip(order, q_labels, strict=True)]
-    )
+    ranks = calibration.product_ranks(queries, q_labels, gallery, g_labels)
     return {
         "R@1": round(float((ranks <= 1).mean()), 4),
         "R@5": round(float((ranks <= 5).mean()), 4),

@@ -29,6 +29,17 @@ def product_scores(
     return products, best
 
 
+def product_ranks(
+    queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray
+) -> np.ndarray:
+    """Rank (1 = first) of each query's own product among the products."""
+    products, scores = product_scores(queries, gallery, gallery_labels)
+    order = products[np.argsort(-scores, axis=1)]
+    return np.array(
+        [list(row).index(label) + 1 for row, label in zip(order, query_labels, strict=True)]
+    )
+
+
 def ranking_features(scores: np.ndarray) -> np.ndarray:
     """(score, margin over the best other) of the top product of each row."""
     top_two = -np.sort(-scores, axis=1)[:, :2]
@@ -138,7 +149,7 @@ def calibrate(
     curve = precision_coverage(probability(model, features), outcomes, in_catalogue, weights)
     at_90 = coverage_at(curve, 0.9)
     model["held_out_queries"] = int(len(queries))
-    model["strangers"] = int(outside) if strangers is not None and len(strangers) else 0
+    model["strangers"] = 0 if strangers is None else len(strangers)
     model["threshold_for_90_precision"] = at_90["threshold"] if at_90 else None
     model["coverage_at_90_precision"] = round(at_90["coverage"], 4) if at_90 else 0.0
     return model

@@ -26,8 +26,8 @@ def _error(msg: str, id: str, hint: str | None = None) -> checks.Error:
     return checks.Error(msg, hint=hint, id=f"visual_search.{id}")
 
 
-def _fraction(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def product_model_errors() -> list[checks.CheckMessage]:
@@ -135,11 +135,7 @@ def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
                 _error(f"{group} {key} must be a positive integer, not {value!r}.", "E009")
             )
     confidence = query.get("MIN_CONFIDENCE")
-    if confidence is not None and (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, int | float)
-        or not 0 <= confidence <= 1
-    ):
+    if confidence is not None and not (_number(confidence) and 0 <= confidence <= 1):
         errors.append(
             _error(f"QUERY MIN_CONFIDENCE must be None or from 0 to 1, not {confidence!r}.", "E009")
         )
@@ -164,11 +160,11 @@ def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
                 _error(f"ADAPTATION {key} must be a positive integer, not {value!r}.", "E012")
             )
     held, strangers = adaptation.get("HELD_OUT"), adaptation.get("STRANGERS")
-    if not _fraction(held):
+    if not (_number(held) and 0 < held < 1):
         errors.append(
             _error(f"ADAPTATION HELD_OUT must be a fraction between 0 and 1, not {held!r}.", "E012")
         )
-    if not (_fraction(strangers) or (strangers == 0 and not isinstance(strangers, bool))):
+    if not (_number(strangers) and 0 <= strangers < 1):
         errors.append(
             _error(
                 f"ADAPTATION STRANGERS must be 0 or a fraction between 0 and 1, not {strangers!r}.",

@@ -113,8 +113,7 @@ def search_by_image(
     vector, space = _encode_for_query([picture])
     # One more than asked: with k=1 the top result's margin still needs its rival.
     found = nearest_products(space, k=k + 1, vectors=vector, queryset=_products(queryset))
-    fitted = space.report.get("calibration") if space.report else None
-    confidences = result_confidences(fitted, [n.score for n in found])
+    confidences = result_confidences(_calibration(space), [n.score for n in found])
     return [
         SearchResult(n.product, n.score, n.image_key, confidence)
         for n, confidence in zip(found[:k], confidences, strict=False)
@@ -142,14 +141,18 @@ def min_confidence() -> float | None:
     configured = vs_settings.QUERY["MIN_CONFIDENCE"]
     if configured is not None:
         return float(configured)
-    space = query_space()
-    fitted = (space.report or {}).get("calibration") if space is not None else None
+    fitted = _calibration(query_space())
     return fitted.get("threshold_for_90_precision") if fitted else None
 
 
-def _encode_for_query(pictures: list) -> tuple[Any, EmbeddingSpace]:
-    """Encode with the current encoder, in the space queries run in (adapted if active)."""
-    space = query_space()
+def _calibration(space: EmbeddingSpace | None) -> dict[str, Any] | None:
+    return (space.report or {}).get("calibration") if space is not None else None
+
+
+def _encode_for_query(pictures: list, *, adapted: bool = True) -> tuple[Any, EmbeddingSpace]:
+    """Encode with the current encoder, in the space queries run in (the adapted one if
+    active and ``adapted``, else the base space)."""
+    space = query_space() if adapted else None
     if space is None or space.dimension is None:
         space = ensure_current_space(get_encoder(), with_dimension=True)
     return encode_in(space, pictures), space
@@ -193,12 +196,10 @@ def look_regions(
     proposals = [
         Proposal(*p) if not isinstance(p, Proposal) else p for p in get_detector().propose(picture)
     ]
-    crops = [picture.crop(tuple(round(v) for v in p.box)) for p in proposals]
-    if vs_settings.LOOK["ADAPTED_SPACE"]:
-        vectors, space = _encode_for_query(crops)
-    else:
-        space = ensure_current_space(get_encoder(), with_dimension=True)
-        vectors = encode_in(space, crops)
+    vectors, space = _encode_for_query(
+        [picture.crop(tuple(round(v) for v in p.box)) for p in proposals],
+        adapted=vs_settings.LOOK["ADAPTED_SPACE"],
+    )
     matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
     return [Region(p.box, found, p.precise) for p, found in zip(proposals, matches, strict=True)]
 
