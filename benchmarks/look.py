@@ -6,8 +6,12 @@ pasted at random sizes and positions. For each photo, services.shop_the_look(k) 
 end; an item counts as found when a group's box overlaps it with IoU >= 0.5 and its product is
 in that group's top k. A group that overlaps no item that much is a false group. --sweep
 regroups the same regions under other thresholds; --diagnose says which step lost each item.
+--fit learns the objectness model that scores regions as items (visual_search/look.py) from
+the composites' true boxes, prints it and evaluates nothing: fit on other seeds than the ones
+you measure with.
 
     python benchmarks/look.py --data ../shared/data/grocery --items 4 --photos 100
+    python benchmarks/look.py --fit --items 2-6 --photos 150 --seed 100 --output look-fit
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ def composite(paths: list[Path], rng: random.Random, size: int = 800):
             x, y = rng.randint(0, size - w), rng.randint(0, size - h)
             box = (x, y, x + w, y + h)
             if all(
-                box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in boxes
+                box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3]
+                for b in boxes
+                if b is not None
             ):
                 canvas.paste(photo.resize((w, h)), (x, y))
                 boxes.append(box)
@@ -55,7 +61,22 @@ def regions_of(canvas, k: int) -> list:
     return services.look_regions(canvas, k=k)
 
 
-def why_missed(regions: list, groups: list, fine: int, box, fine_of: dict) -> str:
+def objectness_of(regions: list, size: tuple[int, int], k: int) -> tuple[list, object]:
+    """The regions shop_the_look considers (best match at least MIN_SCORE) and their
+    objectness under the configured model."""
+    from visual_search import logistic
+    from visual_search.conf import vs_settings
+    from visual_search.look import OBJECTNESS, region_features
+
+    look = vs_settings.LOOK
+    usable = [r for r in regions if r.matches and r.best.score >= look["MIN_SCORE"]]
+    if not usable:
+        return [], []
+    model = look["OBJECTNESS"] or OBJECTNESS
+    return usable, logistic.probability(model, region_features(usable, size, k))
+
+
+def why_missed(regions: list, groups: list, fine: int, box, fine_of: dict, size, k) -> str:
     """The first step of shop_the_look that lost an item (or "found")."""
     from visual_search.conf import vs_settings
     from visual_search.look import iou
@@ -71,34 +92,36 @@ def why_missed(regions: list, groups: list, fine: int, box, fine_of: dict) -> st
     if any(iou(g.box, box) >= 0.5 for g in groups):
         return "a group's box fits, its products do not"
     look = vs_settings.LOOK
-    best = max(r.best.score for r in good)
-    if best < look["MIN_SCORE"]:
+    usable, objectness = objectness_of(regions, size, k)
+    scored = [p for r, p in zip(usable, objectness, strict=True) if any(r is g for g in good)]
+    if not scored:
         return "its regions score below MIN_SCORE"
-    if best < look["RELATIVE"] * max(r.best.score for r in regions if r.matches):
-        return "its regions score below RELATIVE x the photo's best"
+    if max(scored) <= look["MIN_OBJECTNESS"]:
+        return "its regions' objectness is below MIN_OBJECTNESS"
     if any(iou(g.box, box) >= 0.3 for g in groups):
         return "a group's box overlaps it with IoU 0.3-0.5"
-    if any(iou(g.box, box) > 0 for g in groups):
-        return "suppressed by an overlapping group"
-    return "dropped by the scene, part or support filters"
+    return "a region overlapping it was chosen instead"
 
 
 def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:
+    from visual_search.conf import vs_settings
     from visual_search.look import group_regions, iou
 
+    look = vs_settings.LOOK
     rows = []
-    grid = itertools.product((0.3, 0.4, 0.5, 0.6, 0.7), (0.6, 0.7, 0.8), (1, 2, 3))
-    for min_score, relative, support in grid:
+    for min_objectness, overlap_iou in itertools.product(
+        (0.03, 0.06, 0.1, 0.15, 0.2, 0.3), (0.1, 0.2, 0.3)
+    ):
         found = total = false = 0
-        for regions, picks, boxes in photos:
+        for regions, picks, boxes, size in photos:
             groups = group_regions(
                 regions,
+                size=size,
                 k=k,
-                min_score=min_score,
-                relative=relative,
-                merge_iou=0.3,
-                suppress_iou=0.5,
-                min_support=support,
+                min_score=look["MIN_SCORE"],
+                min_objectness=min_objectness,
+                overlap_iou=overlap_iou,
+                model=look["OBJECTNESS"],
             )
             for (_, fine), box in zip(picks, boxes, strict=True):
                 found += any(
@@ -109,9 +132,8 @@ def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:
             total += len(boxes)
         rows.append(
             {
-                "min_score": min_score,
-                "relative": relative,
-                "min_support": support,
+                "min_objectness": min_objectness,
+                "overlap_iou": overlap_iou,
                 f"recall@{k}": found / total,
                 "false_groups_per_photo": false / len(photos),
             }
@@ -119,6 +141,34 @@ def run_sweep(photos: list, fine_of: dict, k: int) -> list[dict]:
     print("\nthreshold sweep (same regions):")
     print(common.table(rows, list(rows[0])))
     return rows
+
+
+def fit_objectness(photos: list, k: int) -> dict:
+    """Logistic model of "this region is an item" (IoU >= 0.5 with a pasted photo)."""
+    import numpy as np
+
+    from visual_search import logistic
+    from visual_search.conf import vs_settings
+    from visual_search.look import REGION_FEATURES, iou, region_features
+
+    features, outcomes = [], []
+    for regions, _, boxes, size in photos:
+        usable = [r for r in regions if r.matches and r.best.score >= vs_settings.LOOK["MIN_SCORE"]]
+        if not usable:
+            continue
+        features.append(region_features(usable, size, k))
+        outcomes += [any(iou(r.box, b) >= 0.5 for b in boxes) for r in usable]
+    model = logistic.fit(np.concatenate(features), np.array(outcomes), l2=1e-2)
+    model = {
+        "coef": [round(c, 4) for c in model["coef"]],
+        "intercept": round(model["intercept"], 4),
+    }
+    print(f"objectness model from {len(outcomes)} regions ({np.mean(outcomes):.1%} items):")
+    for name, coef in zip(REGION_FEATURES, model["coef"], strict=True):
+        print(f"  {name:16} {coef:+.4f}")
+    print(f"  {'intercept':16} {model['intercept']:+.4f}")
+    print(f"LOOK OBJECTNESS = {model}")
+    return model
 
 
 def main() -> None:
@@ -146,6 +196,11 @@ def main() -> None:
         action="store_true",
         help="match regions in the catalogue-adapted space (LOOK ADAPTED_SPACE; the space is "
         "learned from the gallery and kept with --reuse)",
+    )
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="fit the objectness model on these composites and print it (no evaluation)",
     )
     parser.add_argument(
         "--diagnose",
@@ -180,7 +235,7 @@ def main() -> None:
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "LOOK": look_settings}
     services.vs_settings.reload()
 
-    sweep: list[tuple[list, list, list]] = []  # (regions, picks, boxes) per photo
+    sweep: list[tuple[list, list, list, tuple]] = []  # (regions, picks, boxes, size) per photo
     rng = random.Random(args.seed)
     pool = read_split(args.data, args.queries)
     low, _, high = args.items.partition("-")
@@ -192,15 +247,17 @@ def main() -> None:
         canvas, boxes = composite([args.data / p for p, _ in picks], rng)
         picks = [pick for pick, box in zip(picks, boxes, strict=True) if box is not None]
         boxes = [box for box in boxes if box is not None]
+        regions = regions_of(canvas, args.k) if args.sweep or args.diagnose or args.fit else []
+        if args.sweep or args.fit:
+            sweep.append((regions, picks, boxes, canvas.size))
+        if args.fit:
+            continue
         started = time.perf_counter()
         groups = services.shop_the_look(canvas, k=args.k)
         latencies.append(time.perf_counter() - started)
-        regions = regions_of(canvas, args.k) if args.sweep or args.diagnose else []
-        if args.sweep:
-            sweep.append((regions, picks, boxes))
         if args.diagnose:
             for (_, fine), box in zip(picks, boxes, strict=True):
-                reason = why_missed(regions, groups, fine, box, fine_of)
+                reason = why_missed(regions, groups, fine, box, fine_of, canvas.size, args.k)
                 reasons[reason] = reasons.get(reason, 0) + 1
         hits = 0
         for (_, fine), box in zip(picks, boxes, strict=True):
@@ -215,6 +272,10 @@ def main() -> None:
         stats = per_count.setdefault(len(boxes), [0, 0])
         stats[0] += hits
         stats[1] += len(boxes)
+    if args.fit:
+        model = fit_objectness(sweep, args.k)
+        common.save(args.output or "look-fit", {"objectness": model, "photos": args.photos})
+        return
     latencies.sort()
     row = {
         "items": args.items,

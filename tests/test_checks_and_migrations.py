@@ -41,6 +41,8 @@ def test_default_configuration_passes():
         *checks.check_database_engine(),
         *checks.check_encoder(),
         *checks.check_query_settings(),
+        *checks.check_adaptation_settings(),
+        *checks.check_look_settings(),
     ]
     assert messages == []
 
@@ -160,3 +162,27 @@ def test_confidence_threshold_and_adaptation_settings(settings):
     assert "METHOD" in messages[0].msg and "EPOCHS" in messages[1].msg
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "ADAPTATION": {}, "QUERY": {}}
     assert checks.check_adaptation_settings() == [] and checks.check_query_settings() == []
+
+
+def test_look_settings(settings):
+    settings.VISUAL_SEARCH = {
+        **settings.VISUAL_SEARCH,
+        "LOOK": {
+            "DETECTOR": "shop.detectors.Missing",
+            "MIN_OBJECTNESS": 1.5,
+            "OVERLAP_IOU": "0.1",
+            "MAX_SIDE": 10,
+            "OBJECTNESS": {"coef": [1.0, 2.0], "intercept": 0},
+        },
+    }
+    messages = checks.check_look_settings()
+    assert ids(messages) == ["visual_search.E013"] and len(messages) == 5
+    assert [m.msg.split()[1] for m in messages] == [
+        "DETECTOR",
+        "MIN_OBJECTNESS",
+        "OVERLAP_IOU",
+        "MAX_SIDE",
+        "OBJECTNESS",
+    ]
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "LOOK": {}}
+    assert checks.check_look_settings() == []

@@ -12,7 +12,17 @@ from django.template import Context, Template
 from PIL import Image
 
 from visual_search import services
-from visual_search.look import Region, component_boxes, grid_boxes, group_regions, iou
+from visual_search.look import (
+    Proposal,
+    Region,
+    activation_contrast,
+    component_boxes,
+    grid_boxes,
+    group_regions,
+    heaviest_compatible_set,
+    iou,
+    with_contrast,
+)
 from visual_search.models import Look, LookItem
 from visual_search.queries import Neighbour
 
@@ -46,34 +56,73 @@ class _P:
         self.pk = pk
 
 
-def test_grouping_merges_agreeing_regions_and_drops_weak_and_scene_boxes():
+# Objectness from the best score alone (and the contrast around the box, for the last test):
+# sigmoid(20 * (score - 0.7)), so 0.9 -> 0.98, 0.8 -> 0.88, 0.7 -> 0.5, 0.5 -> 0.02.
+SCORE_ONLY = {"coef": [20.0, 0, 0, 0, 0, 0, 0, 0, 0], "intercept": -14.0}
+
+
+def grouped(regions, model=SCORE_ONLY, **options):
+    return group_regions(
+        regions,
+        size=(800, 800),
+        **{"k": 2, "min_score": 0.45, "min_objectness": 0.1, "overlap_iou": 0.1, **options},
+        model=model,
+    )
+
+
+def test_grouping_picks_the_items_not_the_box_over_them():
     a, b, c = _P(1), _P(2), _P(3)
     regions = [
-        Region((0, 0, 100, 100), [Neighbour(a, "x", 0.9), Neighbour(c, "x", 0.5)]),
-        Region((10, 10, 110, 110), [Neighbour(a, "x", 0.8)]),  # same item, merges
+        Region((0, 0, 100, 100), [Neighbour(a, "x", 0.8), Neighbour(c, "x", 0.5)]),
+        Region((10, 10, 110, 110), [Neighbour(c, "x", 0.75)]),  # on item a: pooled, no group
         Region((300, 300, 400, 400), [Neighbour(b, "x", 0.85)]),
-        Region((305, 300, 400, 400), [Neighbour(c, "x", 0.7)]),  # same spot: pooled, no group
-        Region((600, 0, 700, 100), [Neighbour(c, "x", 0.3)]),  # weak: dropped
-        Region((0, 0, 800, 800), [Neighbour(c, "x", 0.8)]),  # holds both items: the scene
+        Region((320, 320, 360, 360), [Neighbour(b, "x", 0.83)]),  # a part of item b
+        Region((600, 0, 700, 100), [Neighbour(c, "x", 0.55)]),  # too unlikely an item
+        Region((600, 600, 700, 700), [Neighbour(c, "x", 0.4)]),  # below MIN_SCORE
+        Region((0, 0, 400, 400), [Neighbour(c, "x", 0.9)]),  # over both items: beats each alone
     ]
-    groups = group_regions(
-        regions, k=2, min_score=0.45, relative=0.5, merge_iou=0.3, suppress_iou=0.5
-    )
+    groups = grouped(regions)
     assert [(g.box, [r.product.pk for r in g.results]) for g in groups] == [
+        ((300, 300, 400, 400), [2]),
         ((0, 0, 100, 100), [1, 3]),
-        ((300, 300, 400, 400), [2, 3]),
     ]
-    assert [g.regions for g in groups] == [2, 2]
-    single = group_regions(
-        regions[2:3],
-        k=2,
-        min_score=0.45,
-        relative=0.5,
-        merge_iou=0.3,
-        suppress_iou=0.5,
-        min_support=2,
+    assert groups[0].objectness >= groups[1].objectness > 0.1
+    assert groups[1].regions == 2  # its own region and the one on the same item
+
+
+def test_heaviest_compatible_set_trades_one_box_for_two():
+    conflict = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=bool)
+    assert heaviest_compatible_set([0, 1, 2], np.array([3.0, 2.0, 2.0]), conflict) == [1, 2]
+    assert heaviest_compatible_set([0, 1, 2], np.array([5.0, 2.0, 2.0]), conflict) == [0]
+
+
+def test_activation_contrast_prefers_the_box_that_fits_the_active_area():
+    heat = np.zeros((20, 20))
+    heat[5:10, 5:10] = 1.0
+    fit, loose, background = activation_contrast(
+        heat, [(250, 250, 500, 500), (100, 100, 650, 650), (700, 700, 950, 950)], 1000, 1000
     )
-    assert single == []  # a region nobody else backs is not an item
+    assert fit[0] > loose[0] > 0 >= background[0]
+    assert fit[1] > loose[1] > background[1]
+
+
+def test_contrast_decides_between_equal_matches():
+    a = _P(1)
+    model = {"coef": [0, 0, 0, 0, 0, 0, 0, 1.0, 0], "intercept": 0.0}
+    tight = Region((0, 0, 100, 100), [Neighbour(a, "x", 0.8)], contrast=(2.0, 2.0))
+    loose = Region((0, 0, 140, 140), [Neighbour(a, "x", 0.8)], contrast=(0.5, 1.0))
+    (group,) = grouped([loose, tight], model=model, min_objectness=0.5)
+    assert group.box == (0, 0, 100, 100)
+    assert grouped([loose], model=model, min_objectness=0.7) == []
+
+
+def test_proposals_without_contrast_get_it_from_the_activation_map(photos):
+    canvas, boxes = look_photo([photos("val", "Banana")[0]])
+    whole, item = with_contrast(
+        [Proposal((0, 0, 800, 800)), Proposal(boxes[0], True, (9.0, 9.0))], canvas
+    )
+    assert whole.contrast == pytest.approx((0.0, 0.0), abs=1e-6)  # the photo is its own ring
+    assert item.contrast == (9.0, 9.0)  # a detector's own values are kept
 
 
 def look_photo(paths, size=800):
@@ -113,6 +162,31 @@ def test_shop_the_look_finds_each_item(gallery_catalogue, photos):
         ), (name, [(g.box, [str(r.product) for r in g.results]) for g in groups])
 
 
+class ItemBoxesDetector:
+    """A stand-in for a shop's object detector: plain (box, precise) tuples, no contrast."""
+
+    boxes: list = []
+
+    def propose(self, image):
+        return [(box, True) for box in self.boxes]
+
+
+@pytest.mark.django_db
+def test_a_plugged_in_detector_gives_the_boxes(settings, gallery_catalogue, photos):
+    items = ["Kiwi", "Arla-Standard-Milk"]
+    canvas, boxes = look_photo([photos("val", n)[0] for n in items])
+    ItemBoxesDetector.boxes = [tuple(float(v) for v in box) for box in boxes]
+    settings.VISUAL_SEARCH = {
+        **settings.VISUAL_SEARCH,
+        "LOOK": {"DETECTOR": f"{__name__}.ItemBoxesDetector"},
+    }
+    groups = services.shop_the_look(canvas, k=4)
+    assert sorted(g.box for g in groups) == sorted(ItemBoxesDetector.boxes)
+    for name, box in zip(items, ItemBoxesDetector.boxes, strict=True):
+        (group,) = [g for g in groups if g.box == box]
+        assert gallery_catalogue[name].pk in [r.product.pk for r in group.results]
+
+
 def jpeg_upload(picture, name="look.jpg"):
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG")
@@ -127,6 +201,8 @@ def test_shop_the_look_api(client, gallery_catalogue, photos):
     body = response.json()
     assert body["width"] == 800 and body["count"] == len(body["groups"]) >= 1
     assert len(body["groups"][0]["box"]) == 4 and len(body["groups"][0]["results"]) <= 2
+    objectness = [g["objectness"] for g in body["groups"]]
+    assert objectness == sorted(objectness, reverse=True) and 0 < objectness[-1] <= 1
     assert client.post("/api/visual-search/look/", {}).json()["code"] == "no_file"
     bad = client.post("/api/visual-search/look/", {"image": SimpleUploadedFile("x.jpg", b"text")})
     assert bad.status_code == 400 and bad.json()["code"] == "not_an_image"

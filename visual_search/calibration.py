@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from visual_search import logistic
+
 
 def product_scores(
     queries: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray
@@ -78,25 +80,10 @@ def fit(
     *,
     l2: float = 1e-3,
 ) -> dict[str, Any]:
-    """Logistic regression by Newton's method (two features: no library needed)."""
-    x = np.concatenate([features, np.ones((len(features), 1))], axis=1).astype(np.float64)
-    y = outcomes.astype(np.float64)
-    v = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = np.zeros(x.shape[1])
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(x @ w)))
-        gradient = x.T @ (v * (p - y)) + l2 * w
-        hessian = (x * (v * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return {"features": ["score", "margin"], "coef": w[:2].tolist(), "intercept": float(w[2])}
+    return {"features": ["score", "margin"], **logistic.fit(features, outcomes, weights, l2=l2)}
 
 
-def probability(calibration: dict[str, Any], features: np.ndarray) -> np.ndarray:
-    z = np.atleast_2d(features) @ np.asarray(calibration["coef"]) + calibration["intercept"]
-    return 1 / (1 + np.exp(-z))
+probability = logistic.probability
 
 
 def precision_coverage(

@@ -1,6 +1,6 @@
 """System checks for every misconfiguration, with ids (``manage.py check``).
 
-E001-E009 and E012 read settings only and run everywhere. E010 needs the database. The encoder is
+E001-E009, E012 and E013 read settings only and run everywhere. E010 needs the database. The encoder is
 actually loaded only under ``check --deploy`` (E011): loading torch in every manage.py command,
 or in a Celery parent before it forks, would be slow or unsafe.
 """
@@ -174,6 +174,50 @@ def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     return errors
 
 
+def check_look_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    from django.utils.module_loading import import_string
+
+    from visual_search.look import REGION_FEATURES
+
+    look = vs_settings.LOOK
+    errors = []
+    try:
+        import_string(str(look.get("DETECTOR")))
+    except ImportError:
+        errors.append(_error(f"LOOK DETECTOR {look.get('DETECTOR')!r} cannot be imported.", "E013"))
+    for key, low, high in (("MIN_SCORE", -1, 1), ("MIN_OBJECTNESS", 0, 1), ("OVERLAP_IOU", 0, 1)):
+        value = look.get(key)
+        if not (_number(value) and low <= value < high):
+            errors.append(
+                _error(
+                    f"LOOK {key} must be a number from {low} to below {high}, not {value!r}.",
+                    "E013",
+                )
+            )
+    side = look.get("MAX_SIDE")
+    if not isinstance(side, int) or isinstance(side, bool) or side < 64:
+        errors.append(
+            _error(f"LOOK MAX_SIDE must be an integer of at least 64, not {side!r}.", "E013")
+        )
+    model = look.get("OBJECTNESS")
+    if model is not None and not (
+        isinstance(model, dict)
+        and _number(model.get("intercept"))
+        and isinstance(model.get("coef"), list | tuple)
+        and len(model["coef"]) == len(REGION_FEATURES)
+        and all(_number(c) for c in model["coef"])
+    ):
+        errors.append(
+            _error(
+                "LOOK OBJECTNESS must be None or {'coef': [...], 'intercept': b} with one "
+                f"number per feature of visual_search.look.REGION_FEATURES ({len(REGION_FEATURES)}).",
+                "E013",
+                hint="benchmarks/look.py --fit prints one.",
+            )
+        )
+    return errors
+
+
 def check_pgvector(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     if not databases or "default" not in databases:
         return []
@@ -216,6 +260,7 @@ def register() -> None:
         check_encoder,
         check_query_settings,
         check_adaptation_settings,
+        check_look_settings,
     ):
         checks.register(check, "visual_search")
     checks.register(check_pgvector, checks.Tags.database)

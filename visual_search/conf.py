@@ -112,15 +112,14 @@ DEFAULTS: dict[str, Any] = {
         # Proposes regions of a look photo; a shop with an object detector plugs it in here.
         "DETECTOR": "visual_search.look.ActivationGridDetector",
         "DETECTOR_OPTIONS": {},
-        # A region's best match must reach MIN_SCORE (cosine) and RELATIVE x the photo's best.
-        "MIN_SCORE": 0.6,
-        "RELATIVE": 0.7,
-        # Regions agreeing on a product merge above MERGE_IOU; above SUPPRESS_IOU the weaker
-        # region is a duplicate of the same spot whatever it matched.
-        "MERGE_IOU": 0.3,
-        "SUPPRESS_IOU": 0.5,
-        # Regions (the group's own and those on it) an item needs to count: cuts false groups.
-        "MIN_SUPPORT": 2,
+        # Regions whose best match scores below MIN_SCORE (cosine) are not considered.
+        "MIN_SCORE": 0.45,
+        # An item is a region the objectness model scores above MIN_OBJECTNESS (0-1); items
+        # may overlap below OVERLAP_IOU. OBJECTNESS: the model ({"coef": [...], "intercept":
+        # b} over look.REGION_FEATURES, from benchmarks/look.py --fit); None: the built-in one.
+        "MIN_OBJECTNESS": 0.06,
+        "OVERLAP_IOU": 0.1,
+        "OBJECTNESS": None,
         "MAX_SIDE": 1024,  # look photos are scaled down to this before proposing regions
         # Match look regions in the catalogue-adapted space too (else the base space): the
         # fine-tuned model learned whole photos, and on crops it found fewer items with more

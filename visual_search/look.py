@@ -2,10 +2,12 @@
 
 Without an object detector (none can be assumed installed), regions are proposed from the
 encoder itself: connected areas where the backbone's last feature map is strongly active, plus
-a multi-scale grid. All regions are embedded in one batch and matched in one SQL statement;
-regions that overlap and agree on their best product merge into one group, a region whose
-best match is weak is dropped. A shop with a real detector sets ``LOOK["DETECTOR"]`` to a
-class with ``propose(image) -> list[Box]``.
+a multi-scale grid. All regions are embedded in one batch and matched in one SQL statement.
+Each region is then scored as an item by a small logistic model of how it matched, how many
+overlapping regions agree with it and how much it stands out of the activation map; the set
+of non-overlapping regions with the best total score are the items, each with the products of
+the regions on it. A shop with a real detector sets ``LOOK["DETECTOR"]`` to a class with
+``propose(image) -> list[Proposal]``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from django.utils.module_loading import import_string
 from PIL import Image
 
+from visual_search import logistic
 from visual_search.conf import vs_settings
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels
@@ -25,13 +28,38 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels
 
 class Proposal(NamedTuple):
     box: Box
-    # Shaped to an object (a detector's box, an active area), not a fixed window: when
-    # regions merge, the group takes the box of its best precise member.
+    # Shaped to an object (a detector's box, an active area), not a fixed window.
     precise: bool = False
+    # How much more active the encoder's feature map is inside the box than around it, and
+    # than the whole photo (in standard deviations of the map): items stand out. Filled in
+    # by ``with_contrast`` when a detector leaves it out.
+    contrast: tuple[float, float] | None = None
 
 
 class Detector(Protocol):
     def propose(self, image: Image.Image) -> list[Proposal]: ...
+
+
+# The features of a region that say whether it is an item, in the order of the model's coef.
+REGION_FEATURES = (
+    "score",  # cosine of its best product
+    "score_vs_best",  # ... over the photo's best region's
+    "agreeing",  # log(1 + overlapping regions (IoU >= 0.5) with the same best product)
+    "backed",  # share of the overlapping regions with its best product in their top k
+    "margin",  # its best product's score over the second's
+    "precise",  # 1 for a shaped box (activation area, detector), 0 for a grid window
+    "size",  # sqrt of its share of the photo's area
+    "contrast_around",
+    "contrast_photo",
+)
+# Fitted by ``benchmarks/look.py --fit`` on composites of validation photos (seeds 100+), with
+# an item being a region with IoU >= 0.5 against a pasted photo; LOOK["OBJECTNESS"] overrides.
+OBJECTNESS: dict[str, Any] = {
+    "coef": [7.3165, 5.8868, 0.2746, 0.6984, 0.1923, 0.0775, -5.2041, 3.76, -2.148],
+    "intercept": -11.1768,
+}
+AGREE_IOU = 0.5  # regions this close are on the same item: they back it and pool products
+PART_OF = 0.6  # a box with this share of its area inside another is a part of it
 
 
 def iou(a: Box, b: Box) -> float:
@@ -40,6 +68,54 @@ def iou(a: Box, b: Box) -> float:
     inter = width * height
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def pairwise_overlap(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IoU[i, j], share of box j's area inside box i) for boxes (n x 4)."""
+    left = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    top = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    right = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    bottom = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.clip(right - left, 0, None) * np.clip(bottom - top, 0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area[:, None] + area[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        overlap = np.where(union > 0, inter / union, 0.0)
+        inside = np.where(area[None, :] > 0, inter / area[None, :], 0.0)
+    return overlap, inside
+
+
+def activation_contrast(
+    heat: np.ndarray, boxes: Sequence[Box], width: int, height: int
+) -> list[tuple[float, float]]:
+    """Per box, (mean activation inside - in a ring around it, inside - the whole map), in
+    standard deviations of the map; box sums from a summed-area table of the map upsampled."""
+    up = np.kron(heat.astype(np.float64), np.ones((8, 8)))
+    rows, cols = up.shape
+    table = np.zeros((rows + 1, cols + 1))
+    table[1:, 1:] = up.cumsum(0).cumsum(1)
+    spread = float(up.std()) or 1.0
+    mean = float(up.mean())
+
+    def total(x0: int, y0: int, x1: int, y1: int) -> tuple[float, int]:
+        return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0], (x1 - x0) * (y1 - y0)
+
+    values = []
+    for box in boxes:
+        x0 = int(np.clip(round(box[0] / width * cols), 0, cols - 1))
+        y0 = int(np.clip(round(box[1] / height * rows), 0, rows - 1))
+        x1 = int(np.clip(round(box[2] / width * cols), x0 + 1, cols))
+        y1 = int(np.clip(round(box[3] / height * rows), y0 + 1, rows))
+        dx = max(1, round(0.2 * (x1 - x0)), round(0.01 * cols))
+        dy = max(1, round(0.2 * (y1 - y0)), round(0.01 * rows))
+        inner, inner_area = total(x0, y0, x1, y1)
+        outer, outer_area = total(
+            max(0, x0 - dx), max(0, y0 - dy), min(cols, x1 + dx), min(rows, y1 + dy)
+        )
+        inside = inner / inner_area
+        ring = (outer - inner) / (outer_area - inner_area) if outer_area > inner_area else inside
+        values.append(((inside - ring) / spread, (inside - mean) / spread))
+    return values
 
 
 def grid_boxes(width: int, height: int, scales: Sequence[float]) -> list[Box]:
@@ -113,27 +189,52 @@ class ActivationGridDetector:
         self,
         scales: Sequence[float] = (0.7, 0.5, 0.35),
         input_size: int = 640,
-        levels: Sequence[float] = (-0.25, 0.25, 0.75, 1.25),
+        levels: Sequence[float] = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
     ) -> None:
         self.scales = tuple(scales)
         self.input_size = input_size
         # Several thresholds: a low one keeps whole items with quiet parts, a high one splits
-        # items that touch (benchmarks/look.py measured 0.93 of items covered at IoU 0.5).
+        # items that touch; nine levels give the grouping more shapes to choose from than
+        # four did (recall@4 +0.02 on two sets of composites, benchmarks/look.py).
         self.levels = tuple(levels)
 
     def propose(self, image: Image.Image) -> list[Proposal]:
-        from visual_search.encoders import get_encoder
-
         width, height = image.size
         boxes = [(0.0, 0.0, float(width), float(height)), *grid_boxes(width, height, self.scales)]
         proposals = [Proposal(box) for box in boxes]
-        energy = getattr(get_encoder(), "activation_map", None)
-        if energy is not None:
-            heat = energy(image, self.input_size)
-            for level in self.levels:
-                areas = component_boxes(heat, width, height, level=level)
-                proposals += [Proposal(box, precise=True) for box in areas]
+        heat = activation_map(image, self.input_size)
+        if heat is None:
+            return proposals
+        areas = {
+            box
+            for level in self.levels
+            for box in component_boxes(heat, width, height, level=level)
+        }
+        proposals += [Proposal(box, precise=True) for box in sorted(areas)]
+        contrast = activation_contrast(heat, [p.box for p in proposals], width, height)
+        return [p._replace(contrast=c) for p, c in zip(proposals, contrast, strict=True)]
+
+
+def activation_map(image: Image.Image, size: int = 640) -> np.ndarray | None:
+    from visual_search.encoders import get_encoder
+
+    energy = getattr(get_encoder(), "activation_map", None)
+    return None if energy is None else energy(image, size)
+
+
+def with_contrast(proposals: list[Proposal], image: Image.Image) -> list[Proposal]:
+    """A detector's proposals with their activation contrast (zero when the encoder has no
+    activation map)."""
+    if all(p.contrast is not None for p in proposals):
         return proposals
+    heat = activation_map(image)
+    if heat is None:
+        return [p._replace(contrast=p.contrast or (0.0, 0.0)) for p in proposals]
+    contrast = activation_contrast(heat, [p.box for p in proposals], *image.size)
+    return [
+        p if p.contrast is not None else p._replace(contrast=c)
+        for p, c in zip(proposals, contrast, strict=True)
+    ]
 
 
 def get_detector() -> Detector:
@@ -146,6 +247,7 @@ class Region:
     box: Box
     matches: list[Any]  # Neighbour objects, best first
     precise: bool = False
+    contrast: tuple[float, float] = (0.0, 0.0)
 
     @property
     def best(self) -> Any:
@@ -160,88 +262,110 @@ class LookGroup:
     score: float
     results: list[Any] = field(default_factory=list)  # SearchResult objects, best first
     regions: int = 1
+    objectness: float = 0.0  # the model's probability that the box is an item
+
+
+def region_features(regions: list[Region], size: tuple[int, int], k: int) -> np.ndarray:
+    """One row of REGION_FEATURES per region (all with matches)."""
+    boxes = np.array([r.box for r in regions], dtype=np.float64)
+    overlap, _ = pairwise_overlap(boxes)
+    np.fill_diagonal(overlap, 0.0)
+    near = overlap >= AGREE_IOU
+    best = np.array([r.best.product.pk for r in regions], dtype=object)
+    same = best[:, None] == best[None, :]
+    holds = np.array(
+        [[b in {m.product.pk for m in other.matches[:k]} for other in regions] for b in best]
+    )  # holds[i, j]: region j has region i's best product in its top k
+    scores = np.array([r.best.score for r in regions])
+    second = np.array([r.matches[1].score if len(r.matches) > 1 else 0.0 for r in regions])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (size[0] * size[1])
+    return np.column_stack(
+        [
+            scores,
+            scores / scores.max(),
+            np.log1p((near & same).sum(1)),
+            (near & holds).sum(1) / np.maximum(1, near.sum(1)),
+            scores - second,
+            [float(r.precise) for r in regions],
+            np.sqrt(np.clip(area, 0, 1)),
+            [r.contrast[0] for r in regions],
+            [r.contrast[1] for r in regions],
+        ]
+    )
 
 
 def group_regions(
     regions: list[Region],
     *,
+    size: tuple[int, int],
     k: int,
     min_score: float,
-    relative: float,
-    merge_iou: float,
-    suppress_iou: float,
-    min_support: int = 1,
+    min_objectness: float,
+    overlap_iou: float,
+    model: dict[str, Any] | None = None,
 ) -> list[LookGroup]:
-    """One group per item: object-shaped regions first (non-maximum suppression by score),
-    then windows where no group is yet; weak regions dropped; boxes that hold two or more
-    other items (the scene) dropped; each group's products pooled from the regions on it."""
+    """The items: regions scored by the objectness model, then the set of compatible regions
+    (no two overlapping beyond ``overlap_iou``, none mostly inside another) with the highest
+    total score over ``min_objectness``; each item's products pooled from the regions on it.
+    """
     from visual_search.services import SearchResult
 
     usable = [r for r in regions if r.matches and r.best.score >= min_score]
     if not usable:
         return []
-    floor = max(min_score, max(r.best.score for r in usable) * relative)
-    kept: list[list[Region]] = []  # each group: its box region first, then supporting ones
-    ordered = sorted(usable, key=lambda r: (not r.precise, -r.best.score))
-    for region in ordered:
-        home = None
-        for members in kept:
-            overlap = iou(region.box, members[0].box)
-            if overlap >= suppress_iou or (
-                overlap >= merge_iou and region.best.product.pk == members[0].best.product.pk
-            ):
-                home = members
-                break
-            if not region.precise and _centre_inside(region.box, members[0].box):
-                home = [] if overlap < merge_iou else members  # a part of a found item
-                break
-        if home is None:
-            if region.best.score >= floor:
-                kept.append([region])
-        elif home:
-            home.append(region)
-    # A box over two or more other items is the scene (or a gap between them), not an item.
-    kept = [
-        m
-        for m in kept
-        if sum(_contains(m[0].box, o[0].box, slack=0.5) for o in kept if o is not m) < 2
-    ]
-    # A box lying mostly inside another group's box is a part of that item.
-    kept = [
-        m
-        for m in kept
-        if not any(o is not m and _contains(o[0].box, m[0].box, slack=0.8) for o in kept)
-    ]
-    # Real items are seen by several regions (windows, activation levels); a region nobody
-    # else backs is most often a gap, a part or a mix of two items.
-    kept = [m for m in kept if len(m) >= min_support]
-    found = []
-    for members in sorted(kept, key=lambda m: -m[0].best.score):
+    objectness = logistic.probability(model or OBJECTNESS, region_features(usable, size, k))
+    boxes = np.array([r.box for r in usable], dtype=np.float64)
+    overlap, inside = pairwise_overlap(boxes)
+    conflict = (overlap >= overlap_iou) | (inside >= PART_OF) | (inside.T >= PART_OF)
+    candidates = [int(i) for i in np.argsort(-objectness) if objectness[i] > min_objectness]
+    chosen = heaviest_compatible_set(candidates, objectness - min_objectness, conflict)
+    groups = []
+    for i in sorted(chosen, key=lambda i: -objectness[i]):
+        members = [usable[j] for j in np.flatnonzero(overlap[i] >= AGREE_IOU)]
         best: dict[Any, Any] = {}
         for region in members:
             for match in region.matches:
                 if match.product.pk not in best or match.score > best[match.product.pk].score:
                     best[match.product.pk] = match
         ranked = sorted(best.values(), key=lambda m: m.score, reverse=True)[:k]
-        found.append(
+        groups.append(
             LookGroup(
-                box=tuple(round(v, 1) for v in members[0].box),
-                score=members[0].best.score,
+                box=tuple(round(v, 1) for v in usable[i].box),
+                score=usable[i].best.score,
                 results=[SearchResult(m.product, m.score, m.image_key) for m in ranked],
                 regions=len(members),
+                objectness=round(float(objectness[i]), 4),
             )
         )
-    return found
+    return groups
 
 
-def _centre_inside(box: Box, other: Box) -> bool:
-    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return other[0] <= x <= other[2] and other[1] <= y <= other[3]
-
-
-def _contains(outer: Box, inner: Box, slack: float = 0.9) -> bool:
-    """Most of ``inner`` lies inside ``outer`` and it is much smaller (a part of the item)."""
-    width = max(0.0, min(outer[2], inner[2]) - max(outer[0], inner[0]))
-    height = max(0.0, min(outer[3], inner[3]) - max(outer[1], inner[1]))
-    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
-    return area > 0 and width * height / area >= slack
+def heaviest_compatible_set(
+    order: list[int], weight: np.ndarray, conflict: np.ndarray
+) -> list[int]:
+    """Greedy by weight, then while it pays, one chosen region traded for two compatible ones:
+    a box over two items (or between them) loses to the two items' own boxes."""
+    chosen: list[int] = []
+    for i in order:
+        if not conflict[i, chosen].any():
+            chosen.append(i)
+    improved = True
+    while improved:
+        improved = False
+        for b in chosen:
+            rest = [j for j in chosen if j != b]
+            free = [
+                i
+                for i in order
+                if i not in chosen and conflict[i, b] and not conflict[i, rest].any()
+            ]
+            gain, pair = 1e-9, None
+            for x_index, x in enumerate(free):
+                for y in free[x_index + 1 :]:
+                    if not conflict[x, y] and weight[x] + weight[y] - weight[b] > gain:
+                        gain, pair = weight[x] + weight[y] - weight[b], (x, y)
+            if pair:
+                chosen = [*rest, *pair]
+                improved = True
+                break
+    return chosen

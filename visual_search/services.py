@@ -22,7 +22,14 @@ from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import ProductNotFound, VisualSearchError
 from visual_search.images import Box, ImageSource, load_image
 from visual_search.indexing import index_state
-from visual_search.look import LookGroup, Proposal, Region, get_detector, group_regions
+from visual_search.look import (
+    LookGroup,
+    Proposal,
+    Region,
+    get_detector,
+    group_regions,
+    with_contrast,
+)
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 from visual_search.pipeline import EmbedReport, embed_products, sync_gallery_rows
@@ -176,12 +183,12 @@ def shop_the_look(
         picture = picture.resize((round(picture.width / scale), round(picture.height / scale)))
     groups = group_regions(
         look_regions(picture, k=k, queryset=queryset),
+        size=picture.size,
         k=k,
         min_score=float(look["MIN_SCORE"]),
-        relative=float(look["RELATIVE"]),
-        merge_iou=float(look["MERGE_IOU"]),
-        suppress_iou=float(look["SUPPRESS_IOU"]),
-        min_support=int(look["MIN_SUPPORT"]),
+        min_objectness=float(look["MIN_OBJECTNESS"]),
+        overlap_iou=float(look["OVERLAP_IOU"]),
+        model=look["OBJECTNESS"],
     )
     for group in groups:  # back to the caller's pixels
         group.box = tuple(round(v * scale, 1) for v in group.box)
@@ -193,15 +200,22 @@ def look_regions(
 ) -> list[Region]:
     """The detector's regions of a (loaded, scaled) look photo, each with its top-k products:
     embedded in one batch and matched in one SQL statement, before any grouping."""
-    proposals = [
-        Proposal(*p) if not isinstance(p, Proposal) else p for p in get_detector().propose(picture)
-    ]
+    proposals = with_contrast(
+        [
+            Proposal(*p) if not isinstance(p, Proposal) else p
+            for p in get_detector().propose(picture)
+        ],
+        picture,
+    )
     vectors, space = _encode_for_query(
         [picture.crop(tuple(round(v) for v in p.box)) for p in proposals],
         adapted=vs_settings.LOOK["ADAPTED_SPACE"],
     )
     matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
-    return [Region(p.box, found, p.precise) for p, found in zip(proposals, matches, strict=True)]
+    return [
+        Region(p.box, found, p.precise, p.contrast)
+        for p, found in zip(proposals, matches, strict=True)
+    ]
 
 
 def suggest_look_items(look: Any, *, k: int = 4) -> list[Any]:

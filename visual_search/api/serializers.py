@@ -124,6 +124,10 @@ class LookGroupSerializer(serializers.Serializer):
         help_text="[left, top, right, bottom] in pixels of the uploaded photo.",
     )
     score = serializers.FloatField(help_text="Similarity of the item's best match.")
+    objectness = serializers.FloatField(
+        help_text="How likely the box is an item (0-1, the grouping's model); groups come "
+        "most likely first."
+    )
     results = ResultSerializer(many=True)
 
 

@@ -227,7 +227,13 @@ class ShopTheLookView(VisualSearchView):
             "width": picture.width,
             "height": picture.height,
             "groups": [
-                {"box": list(g.box), "score": g.score, "results": g.results} for g in groups
+                {
+                    "box": list(g.box),
+                    "score": g.score,
+                    "objectness": g.objectness,
+                    "results": g.results,
+                }
+                for g in groups
             ],
         }
         return Response(LookResultsSerializer(data, context={"request": request}).data)
