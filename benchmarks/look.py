@@ -62,18 +62,13 @@ def regions_of(canvas, k: int) -> list:
 
 
 def objectness_of(regions: list, size: tuple[int, int], k: int) -> tuple[list, object]:
-    """The regions shop_the_look considers (best match at least MIN_SCORE) and their
-    objectness under the configured model."""
-    from visual_search import logistic
     from visual_search.conf import vs_settings
-    from visual_search.look import OBJECTNESS, region_features
+    from visual_search.look import item_scores
 
     look = vs_settings.LOOK
-    usable = [r for r in regions if r.matches and r.best.score >= look["MIN_SCORE"]]
-    if not usable:
-        return [], []
-    model = look["OBJECTNESS"] or OBJECTNESS
-    return usable, logistic.probability(model, region_features(usable, size, k))
+    return item_scores(
+        regions, size=size, k=k, min_score=look["MIN_SCORE"], model=look["OBJECTNESS"]
+    )
 
 
 def why_missed(regions: list, groups: list, fine: int, box, fine_of: dict, size, k) -> str:

@@ -52,8 +52,9 @@ REGION_FEATURES = (
     "contrast_around",
     "contrast_photo",
 )
-# Fitted by ``benchmarks/look.py --fit`` on composites of validation photos (seeds 100+), with
-# an item being a region with IoU >= 0.5 against a pasted photo; LOOK["OBJECTNESS"] overrides.
+# Fitted by ``benchmarks/look.py --fit --items 2-6 --photos 150 --seed 100`` on composites of
+# validation photos, an item being a region with IoU >= 0.5 against a pasted photo (docs/
+# benchmarks.md); LOOK["OBJECTNESS"] overrides it.
 OBJECTNESS: dict[str, Any] = {
     "coef": [7.3165, 5.8868, 0.2746, 0.6984, 0.1923, 0.0775, -5.2041, 3.76, -2.148],
     "intercept": -11.1768,
@@ -282,7 +283,7 @@ def region_features(regions: list[Region], size: tuple[int, int], k: int) -> np.
     return np.column_stack(
         [
             scores,
-            scores / scores.max(),
+            scores / max(float(scores.max()), 1e-6),
             np.log1p((near & same).sum(1)),
             (near & holds).sum(1) / np.maximum(1, near.sum(1)),
             scores - second,
@@ -292,6 +293,22 @@ def region_features(regions: list[Region], size: tuple[int, int], k: int) -> np.
             [r.contrast[1] for r in regions],
         ]
     )
+
+
+def item_scores(
+    regions: list[Region],
+    *,
+    size: tuple[int, int],
+    k: int,
+    min_score: float,
+    model: dict[str, Any] | None = None,
+) -> tuple[list[Region], np.ndarray]:
+    """The regions worth considering (best match at least ``min_score``) and the objectness
+    model's probability that each is an item."""
+    usable = [r for r in regions if r.matches and r.best.score >= min_score]
+    if not usable:
+        return [], np.zeros(0)
+    return usable, logistic.probability(model or OBJECTNESS, region_features(usable, size, k))
 
 
 def group_regions(
@@ -310,10 +327,9 @@ def group_regions(
     """
     from visual_search.services import SearchResult
 
-    usable = [r for r in regions if r.matches and r.best.score >= min_score]
+    usable, objectness = item_scores(regions, size=size, k=k, min_score=min_score, model=model)
     if not usable:
         return []
-    objectness = logistic.probability(model or OBJECTNESS, region_features(usable, size, k))
     boxes = np.array([r.box for r in usable], dtype=np.float64)
     overlap, inside = pairwise_overlap(boxes)
     conflict = (overlap >= overlap_iou) | (inside >= PART_OF) | (inside.T >= PART_OF)
