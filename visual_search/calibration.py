@@ -73,14 +73,9 @@ def matches_and_strangers(
     )
 
 
-def fit(
-    features: np.ndarray,
-    outcomes: np.ndarray,
-    weights: np.ndarray | None = None,
-    *,
-    l2: float = 1e-3,
-) -> dict[str, Any]:
-    return {"features": ["score", "margin"], **logistic.fit(features, outcomes, weights, l2=l2)}
+def fit(features: np.ndarray, outcomes: np.ndarray, weights: Any = None) -> dict[str, Any]:
+    """The confidence model: a logistic regression of the two ranking features."""
+    return {"features": ["score", "margin"], **logistic.fit(features, outcomes, weights)}
 
 
 probability = logistic.probability
