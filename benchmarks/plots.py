@@ -40,7 +40,14 @@ def main() -> None:
                 )
         ax.set_xlabel("p50 latency of similar_products (ms)")
         ax.set_ylabel("recall@10 vs exact")
-        ax.set_title(f"HNSW, {data['products']:,} products, {data['dimension']}-d halfvec")
+        hnsw = data.get("hnsw") or {}
+        graph = (
+            f"m={hnsw.get('M')}, ef_construction={hnsw.get('EF_CONSTRUCTION')}"
+            if isinstance(hnsw, dict)
+            else hnsw.replace("'", "")
+        )
+        memory = f", shared_buffers {data['shared_buffers']}" if "shared_buffers" in data else ""
+        ax.set_title(f"HNSW {graph}, {data['products']:,} products{memory}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
