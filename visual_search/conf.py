@@ -122,8 +122,8 @@ DEFAULTS: dict[str, Any] = {
         "OBJECTNESS": None,
         "MAX_SIDE": 1024,  # look photos are scaled down to this before proposing regions
         # Match look regions in the catalogue-adapted space too (else the base space): the
-        # fine-tuned model learned whole photos, and on crops it found fewer items with more
-        # false groups (docs/benchmarks.md, "Shop the look").
+        # fine-tuned model learned whole photos and is no better on crops, with more false
+        # groups (docs/benchmarks.md, "Shop the look").
         "ADAPTED_SPACE": False,
     },
     "CACHE": {
