@@ -32,8 +32,12 @@ import common
 
 
 def read_split(data: Path, split: str) -> list[tuple[str, str]]:
+    listing = data / f"{split}.txt"
+    if not listing.is_file():
+        known = sorted(p.stem for p in data.glob("*.txt"))
+        raise SystemExit(f"{data} has no split {split!r} ({split}.txt); its splits: {known}")
     rows = []
-    for line in (data / f"{split}.txt").read_text().splitlines():
+    for line in listing.read_text().splitlines():
         if line.strip():
             path, fine, *_ = (part.strip() for part in line.split(","))
             rows.append((path, fine))
