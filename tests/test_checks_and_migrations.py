@@ -170,7 +170,7 @@ def test_look_settings(settings):
         "LOOK": {
             "DETECTOR": "shop.detectors.Missing",
             "MIN_OBJECTNESS": 1.5,
-            "OVERLAP_IOU": "0.1",
+            "OVERLAP_IOU": 0,
             "MAX_SIDE": 10,
             "OBJECTNESS": {"coef": [1.0, 2.0], "intercept": 0},
         },

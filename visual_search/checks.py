@@ -1,8 +1,8 @@
 """System checks for every misconfiguration, with ids (``manage.py check``).
 
-E001-E009, E012 and E013 read settings only and run everywhere. E010 needs the database. The encoder is
-actually loaded only under ``check --deploy`` (E011): loading torch in every manage.py command,
-or in a Celery parent before it forks, would be slow or unsafe.
+E001-E009, E012 and E013 read settings only and run everywhere. E010 needs the database. The
+encoder is actually loaded only under ``check --deploy`` (E011): loading torch in every
+manage.py command, or in a Celery parent before it forks, would be slow or unsafe.
 """
 
 from __future__ import annotations
@@ -185,15 +185,14 @@ def check_look_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         import_string(str(look.get("DETECTOR")))
     except ImportError:
         errors.append(_error(f"LOOK DETECTOR {look.get('DETECTOR')!r} cannot be imported.", "E013"))
-    for key, low, high in (("MIN_SCORE", -1, 1), ("MIN_OBJECTNESS", 0, 1), ("OVERLAP_IOU", 0, 1)):
+    for key, fits, bounds in (
+        ("MIN_SCORE", lambda v: -1 <= v < 1, "from -1 to below 1"),
+        ("MIN_OBJECTNESS", lambda v: 0 <= v < 1, "from 0 to below 1"),
+        ("OVERLAP_IOU", lambda v: 0 < v <= 1, "above 0 and at most 1"),
+    ):
         value = look.get(key)
-        if not (_number(value) and low <= value < high):
-            errors.append(
-                _error(
-                    f"LOOK {key} must be a number from {low} to below {high}, not {value!r}.",
-                    "E013",
-                )
-            )
+        if not (_number(value) and fits(value)):
+            errors.append(_error(f"LOOK {key} must be a number {bounds}, not {value!r}.", "E013"))
     side = look.get("MAX_SIDE")
     if not isinstance(side, int) or isinstance(side, bool) or side < 64:
         errors.append(
