@@ -213,16 +213,12 @@ def measure(args) -> None:
 
     n = args.products
     space = EmbeddingSpace.objects.filter(name=current_space_name()).first()
-    reused = bool(
-        args.reuse
-        and space is not None
-        and space.embeddings.count() == n
-        and index_state(space.name).valid
-    )
-    load_seconds = build_seconds = None
-    if args.reuse and not reused:
+    if args.reuse and not (
+        space is not None and space.embeddings.count() == n and index_state(space.name).valid
+    ):
         raise SystemExit(f"--reuse: the previous run's database does not hold {n} indexed products")
-    if reused:
+    load_seconds = build_seconds = None
+    if args.reuse:
         print(f"reusing the {n} products and the index of the previous run")
     else:
         print(f"loading {n} products with synthetic {DIM}-d embeddings...")
@@ -320,7 +316,7 @@ def measure(args) -> None:
             "maintenance_work_mem": args.maintenance_work_mem or "setting",
             "hnsw": index_options,
             "shared_buffers": shared_buffers,
-            "reused": reused,
+            "reused": args.reuse,
             "dimension": DIM,
             "queries": args.queries,
             "load_seconds": load_seconds,

@@ -30,6 +30,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _integer_from(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def product_model_errors() -> list[checks.CheckMessage]:
     from visual_search.models_registry import get_product_model
 
@@ -130,7 +134,7 @@ def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         ("HNSW", hnsw, "EF_CONSTRUCTION"),
     ):
         value = name.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _integer_from(value, 1):
             errors.append(
                 _error(f"{group} {key} must be a positive integer, not {value!r}.", "E009")
             )
@@ -155,7 +159,7 @@ def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         )
     for key in ("EPOCHS", "MAX_TRAINING_IMAGES"):
         value = adaptation.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _integer_from(value, 1):
             errors.append(
                 _error(f"ADAPTATION {key} must be a positive integer, not {value!r}.", "E012")
             )
@@ -194,7 +198,7 @@ def check_look_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         if not (_number(value) and fits(value)):
             errors.append(_error(f"LOOK {key} must be a number {bounds}, not {value!r}.", "E013"))
     side = look.get("MAX_SIDE")
-    if not isinstance(side, int) or isinstance(side, bool) or side < 64:
+    if not _integer_from(side, 64):
         errors.append(
             _error(f"LOOK MAX_SIDE must be an integer of at least 64, not {side!r}.", "E013")
         )

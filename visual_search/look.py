@@ -274,9 +274,9 @@ def region_features(regions: list[Region], size: tuple[int, int], k: int) -> np.
     near = overlap >= AGREE_IOU
     best = np.array([r.best.product.pk for r in regions], dtype=object)
     same = best[:, None] == best[None, :]
-    holds = np.array(
-        [[b in {m.product.pk for m in other.matches[:k]} for other in regions] for b in best]
-    )  # holds[i, j]: region j has region i's best product in its top k
+    top_k = [{m.product.pk for m in other.matches[:k]} for other in regions]
+    # holds[i, j]: region j has region i's best product in its top k
+    holds = np.array([[b in products for products in top_k] for b in best])
     scores = np.array([r.best.score for r in regions])
     second = np.array([r.matches[1].score if len(r.matches) > 1 else 0.0 for r in regions])
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (size[0] * size[1])
