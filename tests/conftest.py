@@ -157,6 +157,58 @@ def jpeg_bytes(
     return buffer.getvalue()
 
 
+def synthetic_catalogue(
+    n_products: int, n_clusters: int, dim: int, *, categories: int = 0, seed: int = 7
+) -> tuple[Any, list[Any], Any, Any, Any]:
+    """Products with clustered synthetic vectors (no encoder) and the space's index; with
+    ``categories`` (shop model only), product i is in category ``c{i % categories}``."""
+    import numpy as np
+
+    from visual_search.encoders import get_encoder
+    from visual_search.indexing import ensure_index
+    from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+
+    model = get_product_model()
+    if model._meta.label == "thirdparty.Product":
+        model.objects.bulk_create(model(title=f"p{i}") for i in range(n_products))
+    else:
+        from shop_demo.catalog.models import Category
+
+        made = Category.objects.bulk_create(
+            Category(name=f"c{i}", slug=f"c{i}") for i in range(categories)
+        )
+        model.objects.bulk_create(
+            model(name=f"p{i}", slug=f"p{i}", category=made[i % categories] if made else None)
+            for i in range(n_products)
+        )
+    pks = list(model.objects.order_by("pk").values_list("pk", flat=True))
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim))
+    vectors = centres[rng.integers(0, n_clusters, n_products)] + 0.6 * rng.normal(
+        size=(n_products, dim)
+    )
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    space = EmbeddingSpace.objects.create(name=get_encoder().space, dimension=dim)
+    ProductEmbedding.objects.bulk_create(
+        [
+            ProductEmbedding(
+                product_id=pk,
+                space=space,
+                image_key="main",
+                embedding=v.tolist(),
+                status=EmbeddingStatus.READY,
+                content_hash="x",
+            )
+            for pk, v in zip(pks, vectors, strict=True)
+        ],
+        batch_size=500,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # CREATE INDEX refuses pending triggers
+    ensure_index(space)
+    return space, pks, vectors.astype(np.float32), centres, rng
+
+
 @pytest.fixture
 def catalogue(make_product, photos):
     """Four real products, each with a train photo; embedded synchronously."""

@@ -186,3 +186,29 @@ def test_look_settings(settings):
     ]
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "LOOK": {}}
     assert checks.check_look_settings() == []
+
+
+@pytest.mark.parametrize(
+    "field, problem",
+    [
+        ("nope", "is not a field of catalog.Product"),
+        ("gallery", "must be a concrete field"),
+        ("price", "DecimalField is not"),
+        ("category", None),
+        ("in_stock", None),
+    ],
+)
+def test_segment_settings(settings, field, problem):
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "SEGMENTS": {"FIELD": field}}
+    messages = checks.check_segment_settings()
+    if problem is None:
+        assert messages == []
+    else:
+        (message,) = messages
+        assert message.id == "visual_search.E014" and problem in message.msg
+
+
+def test_segment_min_rows_must_be_a_positive_integer(settings):
+    settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "SEGMENTS": {"MIN_ROWS": 0}}
+    (message,) = checks.check_segment_settings()
+    assert message.id == "visual_search.E014" and "MIN_ROWS" in message.msg

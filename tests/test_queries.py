@@ -7,11 +7,11 @@ import pytest
 from django.db import connection
 
 from visual_search import services
-from visual_search.encoders import get_encoder
-from visual_search.indexing import ensure_index, index_name
-from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search.indexing import index_name
 from visual_search.models_registry import get_product_model
 from visual_search.queries import nearest_products
+
+from .conftest import synthetic_catalogue
 
 pytestmark = [pytest.mark.django_db, pytest.mark.products]
 
@@ -66,37 +66,7 @@ N_PRODUCTS, N_CLUSTERS, DIM = 4000, 200, 1280
 
 @pytest.fixture
 def synthetic(db):
-    model = get_product_model()
-    if model._meta.label == "thirdparty.Product":
-        model.objects.bulk_create(model(title=f"p{i}") for i in range(N_PRODUCTS))
-    else:
-        model.objects.bulk_create(model(name=f"p{i}", slug=f"p{i}") for i in range(N_PRODUCTS))
-    pks = list(model.objects.order_by("pk").values_list("pk", flat=True))
-    rng = np.random.default_rng(7)
-    centres = rng.normal(size=(N_CLUSTERS, DIM))
-    vectors = centres[rng.integers(0, N_CLUSTERS, N_PRODUCTS)] + 0.6 * rng.normal(
-        size=(N_PRODUCTS, DIM)
-    )
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
-    space = EmbeddingSpace.objects.create(name=get_encoder().space, dimension=DIM)
-    ProductEmbedding.objects.bulk_create(
-        [
-            ProductEmbedding(
-                product_id=pk,
-                space=space,
-                image_key="main",
-                embedding=v.tolist(),
-                status=EmbeddingStatus.READY,
-                content_hash="x",
-            )
-            for pk, v in zip(pks, vectors, strict=True)
-        ],
-        batch_size=500,
-    )
-    with connection.cursor() as cursor:
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # CREATE INDEX refuses pending triggers
-    ensure_index(space)
-    return space, pks, vectors.astype(np.float32), centres, rng
+    return synthetic_catalogue(N_PRODUCTS, N_CLUSTERS, DIM)
 
 
 def exact_top(vectors, pks, allowed, query, k):

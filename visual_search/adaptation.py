@@ -285,8 +285,11 @@ def adapt(
     if learned.weights is not None:
         _encode_catalogue(space, rows, progress)
     from visual_search.indexing import ensure_index
+    from visual_search.segments import ensure_segment_indexes, sync_segments
 
+    sync_segments(space)
     ensure_index(space)
+    ensure_segment_indexes(space)
     report["seconds"] = round(time.monotonic() - started, 1)
     EmbeddingSpace.objects.filter(pk=space.pk).update(report=report)
     space.report = report

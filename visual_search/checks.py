@@ -1,6 +1,6 @@
 """System checks for every misconfiguration, with ids (``manage.py check``).
 
-E001-E009, E012 and E013 read settings only and run everywhere. E010 needs the database. The
+E001-E009 and E012-E014 read settings only and run everywhere. E010 needs the database. The
 encoder is actually loaded only under ``check --deploy`` (E011): loading torch in every
 manage.py command, or in a Celery parent before it forks, would be slow or unsafe.
 """
@@ -221,6 +221,40 @@ def check_look_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     return errors
 
 
+def check_segment_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    from django.core.exceptions import FieldDoesNotExist
+
+    from visual_search.models_registry import get_product_model
+    from visual_search.segments import field_problem
+
+    segments = vs_settings.SEGMENTS
+    errors = []
+    if not _integer_from(segments.get("MIN_ROWS"), 1):
+        errors.append(
+            _error(
+                f"SEGMENTS MIN_ROWS must be a positive integer, not {segments.get('MIN_ROWS')!r}.",
+                "E014",
+            )
+        )
+    name = segments.get("FIELD")
+    if name is None or product_model_errors():
+        return errors
+    model = get_product_model()
+    try:
+        problem = field_problem(model._meta.get_field(str(name)))
+    except FieldDoesNotExist:
+        problem = f"is not a field of {model._meta.label}"
+    if problem:
+        errors.append(
+            _error(
+                f"SEGMENTS FIELD {name!r} {problem}.",
+                "E014",
+                hint="e.g. 'category' (a foreign key) or 'brand' (a CharField); None turns it off.",
+            )
+        )
+    return errors
+
+
 def check_pgvector(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     if not databases or "default" not in databases:
         return []
@@ -264,6 +298,7 @@ def register() -> None:
         check_query_settings,
         check_adaptation_settings,
         check_look_settings,
+        check_segment_settings,
     ):
         checks.register(check, "visual_search")
     checks.register(check_pgvector, checks.Tags.database)

@@ -58,6 +58,17 @@ DEFAULTS: dict[str, Any] = {
         "EF_CONSTRUCTION": 64,
         "MAINTENANCE_WORK_MEM": "1GB",
     },
+    "SEGMENTS": {
+        # A field of the product model (e.g. "category", "brand", "store") whose values each
+        # get an HNSW index of their own. A search whose queryset filters on that field alone
+        # (``queryset=Product.objects.filter(category=c)``, or an API filter mapped to it) then
+        # scans only that value's index, which stays fast at any catalogue size; any other
+        # filter is applied while scanning the whole space's index (docs/benchmarks.md).
+        "FIELD": None,
+        # Values with fewer ready images than this get no index of their own: their rows are
+        # few enough to be searched exactly.
+        "MIN_ROWS": 1000,
+    },
     "QUERY": {
         "EF_SEARCH": 100,
         # pgvector's hnsw.iterative_scan: "relaxed_order", "strict_order" or "off".

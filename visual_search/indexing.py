@@ -1,8 +1,9 @@
-"""The HNSW index of each embedding space.
+"""The HNSW index of each embedding space, and of each large segment (segments.py).
 
 The vector column has no fixed dimension (spaces differ), so each space gets a partial
 expression index ``USING hnsw ((embedding::halfvec(N)) halfvec_cosine_ops) WHERE space_id =
-'<space>'``; queries.py repeats the same cast and predicate so the planner can use it.
+'<space>'``; queries.py repeats the same cast and predicate so the planner can use it. A
+segment's index adds ``AND segment = '<value>'`` to that predicate.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ TABLE = ProductEmbedding._meta.db_table
 logger = logging.getLogger(__name__)
 
 
-def index_name(space: str) -> str:
+def index_name(space: str, segment: str | None = None) -> str:
+    """The space's index, or (with ``segment``) the index of one value of SEGMENTS["FIELD"]."""
+    if segment is not None:
+        return f"{segment_index_prefix(space)}{hashlib.sha1(segment.encode()).hexdigest()[:12]}"
     slug = re.sub(r"[^a-z0-9]+", "_", space.lower()).strip("_")[:30]
     return f"vs_hnsw_{slug}_{hashlib.sha1(space.encode()).hexdigest()[:8]}"
+
+
+def segment_index_prefix(space: str) -> str:
+    return f"vs_seg_{hashlib.sha1(space.encode()).hexdigest()[:8]}_"
 
 
 def vector_expression(dimension: int) -> str:
@@ -33,15 +41,22 @@ def vector_expression(dimension: int) -> str:
 
 
 def _quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """An escape-string literal: safe whatever standard_conforming_strings says (a segment
+    value may come from an API query parameter)."""
+    if "\x00" in value:
+        raise ValueError("PostgreSQL text cannot hold NUL characters")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def index_predicate(space: str) -> str:
-    # Literal, not a parameter: a partial index is only used when the query's predicate
+def index_predicate(space: str, segment: str | None = None) -> str:
+    # Literals, not parameters: a partial index is only used when the query's predicate
     # provably implies it, which the planner checks on constants.
-    return (
+    predicate = (
         f"space_id = {_quote_literal(space)} AND status = {_quote_literal(EmbeddingStatus.READY)}"
     )
+    if segment is not None:
+        predicate += f" AND segment = {_quote_literal(segment)}"
+    return predicate
 
 
 @dataclass
@@ -52,8 +67,8 @@ class IndexState:
     size_bytes: int
 
 
-def index_state(space: str) -> IndexState:
-    name = index_name(space)
+def index_state(space: str, segment: str | None = None) -> IndexState:
+    name = index_name(space, segment)
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -69,28 +84,38 @@ def index_state(space: str) -> IndexState:
     return IndexState(name, True, bool(row[0]), int(row[1]))
 
 
-def ensure_index(space: EmbeddingSpace, *, rebuild: bool = False) -> float:
-    """Create (or rebuild) the space's HNSW index; returns the seconds it took.
+def ensure_index(
+    space: EmbeddingSpace, *, rebuild: bool = False, segment: str | None = None
+) -> float:
+    """Create (or rebuild) the space's HNSW index, or one segment's; returns the seconds it
+    took.
 
     Outside a transaction it is built CONCURRENTLY, so writes go on meanwhile; an invalid
     index left by an interrupted concurrent build is dropped and built again.
     """
-    state = index_state(space.name)
+    state = index_state(space.name, segment)
     if state.exists and state.valid and not rebuild:
         return 0.0
+    predicate = index_predicate(space.name, segment)
     if connection.in_atomic_block:
         # Inside a caller's transaction: no CONCURRENTLY, and a failure (e.g. pending
         # deferred-constraint triggers) must not break the caller's work.
         try:
             with transaction.atomic():
-                return _build(space, state, concurrently="")
+                return _build(space, state, predicate, concurrently="")
         except DatabaseError as exc:
             logger.warning("HNSW index for %s not built inside a transaction: %s", space.name, exc)
             return 0.0
-    return _build(space, state, concurrently="CONCURRENTLY")
+    return _build(space, state, predicate, concurrently="CONCURRENTLY")
 
 
-def _build(space: EmbeddingSpace, state: IndexState, *, concurrently: str) -> float:
+def drop_index(name: str) -> None:
+    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP INDEX {concurrently} IF EXISTS "{name}"')
+
+
+def _build(space: EmbeddingSpace, state: IndexState, predicate: str, *, concurrently: str) -> float:
     """Build under a temporary name, then swap: queries keep their index during a rebuild
     (an invalid leftover is dropped first, it serves no query)."""
     hnsw = vs_settings.HNSW
@@ -108,7 +133,7 @@ def _build(space: EmbeddingSpace, state: IndexState, *, concurrently: str) -> fl
             f'CREATE INDEX {concurrently} "{building}" ON {TABLE} '
             f"USING hnsw ({vector_expression(space.dimension)} halfvec_cosine_ops) "
             f"WITH (m = {int(hnsw['M'])}, ef_construction = {int(hnsw['EF_CONSTRUCTION'])}) "
-            f"WHERE {index_predicate(space.name)}"
+            f"WHERE {predicate}"
         )
         cursor.execute("RESET maintenance_work_mem")
         if state.exists and state.valid:

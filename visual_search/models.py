@@ -100,6 +100,9 @@ class ProductEmbedding(models.Model):
         _("status"), max_length=10, choices=EmbeddingStatus.choices, default=EmbeddingStatus.PENDING
     )
     error = models.TextField(_("error"), blank=True)
+    # The product's value of SEGMENTS["FIELD"] (as text), copied here so that a partial HNSW
+    # index per value can select its rows (segments.py); "" when the feature is off.
+    segment = models.CharField(_("segment"), max_length=200, blank=True, default="")
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -113,7 +116,10 @@ class ProductEmbedding(models.Model):
                 fields=["product", "space", "image_key"], name="visual_search_unique_image"
             )
         ]
-        indexes = [models.Index(fields=["space", "status"], name="visual_search_space_status")]
+        indexes = [
+            models.Index(fields=["space", "status"], name="visual_search_space_status"),
+            models.Index(fields=["space", "segment"], name="visual_search_space_segment"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.product_id} / {self.image_key} [{self.status}]"

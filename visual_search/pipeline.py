@@ -26,6 +26,7 @@ from visual_search.images import load_image, read_bytes
 from visual_search.indexing import ensure_index
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
+from visual_search.segments import segment_of
 from visual_search.spaces import ensure_current_space
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,10 @@ def sync_gallery_rows(
     if removed:
         invalidate([product.pk])
     existing = set(rows.values_list("image_key", flat=True))
+    segment = segment_of(product)
     ProductEmbedding.objects.bulk_create(
         [
-            ProductEmbedding(product_id=product.pk, space=space, image_key=key)
+            ProductEmbedding(product_id=product.pk, space=space, image_key=key, segment=segment)
             for key in keys
             if key not in existing
         ],

@@ -1,4 +1,5 @@
-"""Nearest-neighbour SQL against the space's partial HNSW index: one statement per search.
+"""Nearest-neighbour SQL against the space's partial HNSW index (or a segment's, see
+segments.py): one statement per search.
 
 pgvector filters after the index scan, so a selective shop filter could leave fewer than k
 rows. ``hnsw.iterative_scan`` makes the scan go on until the filter is satisfied; it and
@@ -19,6 +20,7 @@ from django.db import connection, models, transaction
 from visual_search.conf import vs_settings
 from visual_search.indexing import TABLE, index_predicate, vector_expression
 from visual_search.models import EmbeddingSpace, EmbeddingStatus
+from visual_search.segments import queryset_segment
 
 # Rows fetched per wanted product on the first try: products often have several images.
 OVERFETCH = 4
@@ -122,13 +124,16 @@ def nearest_products(
 def _conditions(
     space: EmbeddingSpace, queryset: models.QuerySet, *, exclude_pk: Any = None
 ) -> tuple[str, list[Any]]:
-    """The index's predicate, the excluded product and the shop's filter (as a subquery)."""
-    where = [index_predicate(space.name)]
+    """The index's predicate, the excluded product and the shop's filter: on the segment
+    column when it pins the segment field (so that value's own index serves it), as a
+    subquery for the rest."""
+    segment, segment_only = queryset_segment(queryset)
+    where = [index_predicate(space.name, segment)]
     params: list[Any] = []
     if exclude_pk is not None:
         where.append("product_id <> %s")
         params.append(exclude_pk)
-    if queryset.query.where:
+    if queryset.query.where and not segment_only:
         sub_sql, sub_params = queryset.order_by().values("pk").query.sql_with_params()
         where.append(f"product_id IN ({sub_sql})")
         params.extend(sub_params)

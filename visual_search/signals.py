@@ -48,8 +48,22 @@ def _flush() -> None:
 
 
 def _product_saved(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
-    if not raw:  # fixtures (loaddata) are reindexed explicitly
-        request_embedding(instance.pk)
+    if raw:  # fixtures (loaddata) are reindexed explicitly
+        return
+    _move_segment(instance)
+    request_embedding(instance.pk)
+
+
+def _move_segment(product: Any) -> None:
+    """In the save's own transaction, so that a segment search never shows a product under
+    its old value; in a savepoint, so that a failure here cannot break the save."""
+    from visual_search.segments import update_product_segment
+
+    try:
+        with transaction.atomic():
+            update_product_segment(product)
+    except Exception:
+        logger.exception("Could not move the embeddings of product %s to its segment", product.pk)
 
 
 def _image_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:

@@ -7,22 +7,41 @@ from django.core.management.base import BaseCommand, CommandError
 from visual_search.conf import vs_settings
 from visual_search.indexing import ensure_index, index_state
 from visual_search.models import EmbeddingSpace
+from visual_search.segments import ensure_segment_indexes, sync_segments
 from visual_search.spaces import current_space_name
 
 
 class Command(BaseCommand):
-    help = "Create (or --rebuild) the HNSW index of an embedding space, concurrently."
+    help = (
+        "Create (or --rebuild) the HNSW index of an embedding space, and one per value of "
+        "SEGMENTS['FIELD'] with at least SEGMENTS['MIN_ROWS'] images, concurrently."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--space", help="Embedding space (default: the configured encoder's).")
-        parser.add_argument("--rebuild", action="store_true", help="Drop and build it again.")
+        parser.add_argument("--rebuild", action="store_true", help="Drop and build them again.")
 
     def handle(self, *args: Any, space: str | None, rebuild: bool, **options: Any) -> None:
         name = space or current_space_name()
         row = EmbeddingSpace.objects.filter(name=name).first()
         if row is None or row.dimension is None:
             raise CommandError(f"Space {name!r} has no embeddings yet; nothing to index.")
-        state = index_state(name)
+        moved = sync_segments(row)
+        if moved:
+            self.stdout.write(f"Moved {moved} embeddings to their product's current segment.")
+        self._space_index(row, rebuild)
+        field = vs_settings.SEGMENTS["FIELD"]
+        built = ensure_segment_indexes(row, rebuild=rebuild, progress=self._segment_progress)
+        if field:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"{len(built)} values of {field!r} have an index of their own (at least "
+                    f"{vs_settings.SEGMENTS['MIN_ROWS']} images each)."
+                )
+            )
+
+    def _space_index(self, row: EmbeddingSpace, rebuild: bool) -> None:
+        state = index_state(row.name)
         if state.exists and state.valid and not rebuild:
             self.stdout.write(
                 f"Index {state.name} already exists and is valid ({state.size_bytes // 1024} kB)."
@@ -34,7 +53,7 @@ class Command(BaseCommand):
             f"{hnsw['EF_CONSTRUCTION']}, maintenance_work_mem={hnsw['MAINTENANCE_WORK_MEM']})..."
         )
         seconds = ensure_index(row, rebuild=True)
-        state = index_state(name)
+        state = index_state(row.name)
         if not state.valid:
             raise CommandError(f"The index {state.name} was not built correctly; run again.")
         self.stdout.write(
@@ -42,3 +61,8 @@ class Command(BaseCommand):
                 f"Built {state.name} in {seconds:.2f} s ({state.size_bytes // 1024} kB)."
             )
         )
+
+    def _segment_progress(self, value: str, rows: int, seconds: float) -> None:
+        done = f"built in {seconds:.2f} s" if seconds else "already valid"
+        self.stdout.write(f"  segment {value!r} ({rows} images): {done}", ending="\n")
+        self.stdout.flush()
