@@ -246,7 +246,7 @@ def measure(args) -> None:
     state = index_state(space.name)
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*), coalesce(sum(pg_relation_size(oid)), 0) FROM pg_class "
+            "SELECT count(*), coalesce(sum(pg_relation_size(oid)), 0)::bigint FROM pg_class "
             "WHERE relkind = 'i' AND starts_with(relname, %s)",
             [segment_index_prefix(space.name)],
         )
