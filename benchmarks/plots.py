@@ -22,7 +22,7 @@ def main() -> None:
     for path in sorted(common.RESULTS.glob("scale-*.json")):
         data = json.loads(path.read_text())
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label in ("none", "category ~1.6%"):
+        for label in dict.fromkeys(r["filter"] for r in data["results"]):
             rows = [r for r in data["results"] if r["filter"] == label and r["search"] == "hnsw"]
             ax.plot(
                 [r["p50_ms"] for r in rows],

@@ -54,6 +54,9 @@ def stop_postgres(datadir: Path) -> None:
         pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     except subprocess.CalledProcessError:
         pass  # already stopped
+    # pgserver keeps one server object per data folder and process; a later start in this
+    # process (a restart) would get the stopped one back without starting it.
+    getattr(pgserver.PostgresServer, "_instances", {}).pop(pgdata.resolve(), None)
 
 
 def _redis_binary() -> str:
