@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
 
 from shop_demo.catalog.models import Category, Product
 from visual_search import services
@@ -106,6 +107,9 @@ def test_the_index_command_follows_bulk_updates_and_builds_or_drops_indexes(segm
     assert "5 values of 'category' have an index of their own" in text
     assert not index_state(space.name, str(first.pk)).exists
     assert index_state(space.name, str(second.pk)).valid
+    status = io.StringIO()
+    call_command("visual_search_status", stdout=status)
+    assert "; 5 segment indexes, " in status.getvalue()
 
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "SEGMENTS": {"FIELD": None}}
     call_command("visual_search_index", stdout=io.StringIO())
@@ -135,3 +139,23 @@ def test_embedding_a_product_stores_its_segment(make_product, photos, settings):
     rows = ProductEmbedding.objects.filter(product_id=product.pk)
     assert rows.exists()
     assert set(rows.values_list("segment", flat=True)) == {str(product.category_id)}
+
+
+def test_an_api_filter_on_the_segment_field_after_the_index_command(catalogue, settings):
+    settings.VISUAL_SEARCH = {
+        **settings.VISUAL_SEARCH,
+        "SEGMENTS": {"FIELD": "category"},
+        "API": {"FILTERS": {"category_id": "category"}, "THROTTLE_RATES": {"similar": None}},
+    }
+    call_command("visual_search_index", stdout=io.StringIO())  # rows embedded before the setting
+    fruit = catalogue["Kiwi"].category_id
+    with CaptureQueriesContext(connection) as captured:
+        response = APIClient().get(
+            f"/api/visual-search/products/{catalogue['Banana'].pk}/similar/",
+            {"k": 5, "category_id": fruit},
+        )
+    assert response.status_code == 200
+    names = sorted(r["product"]["name"] for r in response.json()["results"])
+    assert names == ["Kiwi", "Lemon"]  # the other fruit; not the milk, not the banana itself
+    search = next(q["sql"] for q in captured.captured_queries if "LATERAL" in q["sql"])
+    assert f"segment = E'{fruit}'" in search

@@ -21,7 +21,14 @@ from django.db.models.lookups import Exact
 from django.db.models.sql.where import AND
 
 from visual_search.conf import vs_settings
-from visual_search.indexing import TABLE, drop_index, ensure_index, index_name, segment_index_prefix
+from visual_search.indexing import (
+    TABLE,
+    IndexState,
+    drop_index,
+    ensure_index,
+    index_name,
+    segment_index_prefix,
+)
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 
@@ -133,9 +140,9 @@ def ensure_segment_indexes(
     minimum = int(vs_settings.SEGMENTS["MIN_ROWS"])
     wanted = {value: rows for value, rows in segment_sizes(space).items() if rows >= minimum}
     keep = {index_name(space.name, value) for value in wanted}
-    for name in _segment_indexes(space):
-        if name not in keep:
-            drop_index(name)
+    for index in segment_indexes(space.name):
+        if index.name not in keep:
+            drop_index(index.name)
     built = {}
     for value, rows in sorted(wanted.items(), key=lambda item: -item[1]):
         built[value] = ensure_index(space, rebuild=rebuild, segment=value)
@@ -149,14 +156,15 @@ def ensure_segment_indexes(
     return built
 
 
-def _segment_indexes(space: EmbeddingSpace) -> list[str]:
-    prefix = segment_index_prefix(space.name)
+def segment_indexes(space: str) -> list[IndexState]:
+    """The space's segment indexes, an invalid leftover of an interrupted build included."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT relname FROM pg_class WHERE relkind = 'i' AND starts_with(relname, %s)",
-            [prefix],
+            "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_index i ON i.indexrelid = c.oid WHERE starts_with(c.relname, %s)",
+            [segment_index_prefix(space)],
         )
-        return [name for (name,) in cursor.fetchall() if not name.endswith("_new")]
+        return [IndexState(name, True, valid, int(size)) for name, valid, size in cursor.fetchall()]
 
 
 def queryset_segment(queryset: models.QuerySet) -> tuple[str | None, bool]:

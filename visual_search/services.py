@@ -39,6 +39,7 @@ from visual_search.queries import (
     nearest_per_query,
     nearest_products,
 )
+from visual_search.segments import segment_indexes
 from visual_search.spaces import current_space_name, ensure_current_space, query_space
 
 logger = logging.getLogger(__name__)
@@ -433,6 +434,7 @@ def status_report() -> dict[str, Any]:
                 "dimension": space.dimension if space else None,
                 "counts": by_status,
                 "index": state,
+                "segment_indexes": [i for i in segment_indexes(name) if i.valid],
             }
         )
     return {

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from visual_search.indexing import IndexState
 from visual_search.services import status_report
 
 
@@ -32,6 +33,7 @@ class Command(BaseCommand):
                 f"{space['name']}{marker}: {counts['ready']} ready, {counts['pending']} pending, "
                 f"{counts['failed']} failed; HNSW index {health}"
                 + (f", {index.size_bytes // 1024} kB" if index.exists else "")
+                + _segment_summary(space["segment_indexes"])
             )
             if space["current"]:
                 if counts["failed"]:
@@ -44,3 +46,9 @@ class Command(BaseCommand):
             problems.append(f"{report['missing']} products not embedded")
         if check and problems:
             raise CommandError("; ".join(problems))
+
+
+def _segment_summary(indexes: list[IndexState]) -> str:
+    if not indexes:
+        return ""
+    return f"; {len(indexes)} segment indexes, {sum(i.size_bytes for i in indexes) // 1024} kB"
