@@ -60,10 +60,11 @@ DEFAULTS: dict[str, Any] = {
     },
     "SEGMENTS": {
         # A field of the product model (e.g. "category", "brand", "store") whose values each
-        # get an HNSW index of their own. A search whose queryset filters on that field alone
-        # (``queryset=Product.objects.filter(category=c)``, or an API filter mapped to it) then
-        # scans only that value's index, which stays fast at any catalogue size; any other
-        # filter is applied while scanning the whole space's index (docs/benchmarks.md).
+        # get an HNSW index of their own. A search whose queryset pins that field
+        # (``queryset=Product.objects.filter(category=c)``, alone or with other conditions, or
+        # an API filter mapped to it) then scans only that value's index, which stays fast at
+        # any catalogue size; other filters are applied while scanning the whole space's index
+        # (docs/benchmarks.md). Run the visual_search_index command after setting it.
         "FIELD": None,
         # Values with fewer ready images than this get no index of their own: their rows are
         # few enough to be searched exactly.

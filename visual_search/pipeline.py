@@ -56,6 +56,7 @@ class _Work:
     image: GalleryImage
     content_hash: str = ""
     picture: Image.Image | None = None
+    segment: str = ""
 
 
 def sync_gallery_rows(
@@ -72,7 +73,7 @@ def sync_gallery_rows(
     if removed:
         invalidate([product.pk])
     existing = set(rows.values_list("image_key", flat=True))
-    segment = segment_of(product)
+    segment = segment_of(product)  # signals.py keeps existing rows in step
     ProductEmbedding.objects.bulk_create(
         [
             ProductEmbedding(product_id=product.pk, space=space, image_key=key, segment=segment)
@@ -101,8 +102,9 @@ def embed_products(
             row.image_key: row
             for row in ProductEmbedding.objects.filter(product_id=product.pk, space=space)
         }
+        segment = segment_of(product)
         for image in gallery:
-            item = _Work(product.pk, image)
+            item = _Work(product.pk, image, segment=segment)
             try:
                 data = read_bytes(image.source)
             except UnusableImage as exc:
@@ -162,10 +164,12 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
             embedding=vector,
             status=EmbeddingStatus.READY,
             error="",
+            segment=item.segment,
         )
         for item, vector in zip(batch, vectors, strict=True)
     ]
-    _upsert(rows, ["content_hash", "embedding", "status", "error", "updated_at"])
+    updated = ["content_hash", "embedding", "status", "error", "segment", "updated_at"]
+    _upsert(rows, updated)
     pictures = [item.picture for item in batch]
     for derived in space.derived.all():  # adapted spaces stay complete (see adaptation.py)
         _upsert(
@@ -178,12 +182,13 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
                     embedding=vector,
                     status=EmbeddingStatus.READY,
                     error="",
+                    segment=row.segment,
                 )
                 for row, vector in zip(
                     rows, to_space(derived, np.asarray(vectors), pictures), strict=True
                 )
             ],
-            ["content_hash", "embedding", "status", "error", "updated_at"],
+            updated,
         )
     invalidate({item.product_pk for item in batch})
 
