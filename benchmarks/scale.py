@@ -226,6 +226,9 @@ def measure(args) -> None:
         space is not None and space.embeddings.count() == n and index_state(space.name).valid
     ):
         raise SystemExit(f"--reuse: the previous run's database does not hold {n} indexed products")
+    if args.reuse and space.embeddings.filter(segment="").exists():
+        # Filling the column now would move every row (and re-enter it in the graph).
+        raise SystemExit("--reuse: the previous run's rows have no category segment; run again")
     load_seconds = build_seconds = None
     if args.reuse:
         print(f"reusing the {n} products and the index of the previous run")

@@ -95,26 +95,47 @@ def update_product_segment(product: models.Model) -> int:
 def sync_segments(space: EmbeddingSpace) -> int:
     """Copy each product's value onto the space's rows where it differs, in one statement:
     after the setting is turned on or changed, or after ``QuerySet.update()`` moved products
-    without sending signals. Returns the rows changed."""
-    field = segment_field()
+    without sending signals. Returns the rows changed.
+
+    Each moved row enters the space's HNSW index again (the column is in the indexes'
+    predicates, so the update cannot be HOT): for many rows, drop that index first and build
+    it after, as the ``visual_search_index`` command does."""
+    value, source, condition = _stale_rows(segment_field())
     with connection.cursor() as cursor:
-        if field is None:
-            cursor.execute(
-                f"UPDATE {TABLE} SET segment = '' WHERE space_id = %s AND segment <> ''",
-                [space.name],
-            )
-            return cursor.rowcount
-        model = get_product_model()
-        product_table = connection.ops.quote_name(model._meta.db_table)
-        product_pk = connection.ops.quote_name(model._meta.pk.column)
-        column = connection.ops.quote_name(field.column)
         cursor.execute(
-            f"UPDATE {TABLE} e SET segment = coalesce(p.{column}::text, '') "
-            f"FROM {product_table} p WHERE p.{product_pk} = e.product_id AND e.space_id = %s "
-            f"AND e.segment IS DISTINCT FROM coalesce(p.{column}::text, '')",
+            f"UPDATE {TABLE} e SET segment = {value} {'FROM ' + source if source else ''} "
+            f"WHERE e.space_id = %s AND {condition}",
             [space.name],
         )
         return cursor.rowcount
+
+
+def stale_segments(space: EmbeddingSpace) -> int:
+    """How many of the space's rows ``sync_segments`` would move."""
+    _, source, condition = _stale_rows(segment_field())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {TABLE} e {', ' + source if source else ''} "
+            f"WHERE e.space_id = %s AND {condition}",
+            [space.name],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _stale_rows(field: models.Field | None) -> tuple[str, str, str]:
+    """(the right value, the table it comes from, the condition) for rows ``e`` whose segment
+    is not their product's."""
+    if field is None:
+        return "''", "", "e.segment <> ''"
+    model = get_product_model()
+    product_table = connection.ops.quote_name(model._meta.db_table)
+    product_pk = connection.ops.quote_name(model._meta.pk.column)
+    value = f"coalesce(p.{connection.ops.quote_name(field.column)}::text, '')"
+    return (
+        value,
+        f"{product_table} p",
+        f"p.{product_pk} = e.product_id AND e.segment IS DISTINCT FROM {value}",
+    )
 
 
 def segment_sizes(space: EmbeddingSpace) -> dict[str, int]:

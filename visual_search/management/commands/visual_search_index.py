@@ -5,10 +5,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from visual_search.conf import vs_settings
-from visual_search.indexing import ensure_index, index_state
+from visual_search.indexing import drop_index, ensure_index, index_state
 from visual_search.models import EmbeddingSpace
-from visual_search.segments import ensure_segment_indexes, sync_segments
+from visual_search.segments import ensure_segment_indexes, stale_segments, sync_segments
 from visual_search.spaces import current_space_name
+
+# Above this share of a space's rows moving to another segment, its index is built anew.
+REBUILD_SHARE = 0.2
 
 
 class Command(BaseCommand):
@@ -26,9 +29,7 @@ class Command(BaseCommand):
         row = EmbeddingSpace.objects.filter(name=name).first()
         if row is None or row.dimension is None:
             raise CommandError(f"Space {name!r} has no embeddings yet; nothing to index.")
-        moved = sync_segments(row)
-        if moved:
-            self.stdout.write(f"Moved {moved} embeddings to their product's current segment.")
+        self._sync_segments(row)
         self._space_index(row, rebuild)
         field = vs_settings.SEGMENTS["FIELD"]
         built = ensure_segment_indexes(row, rebuild=rebuild, progress=self._segment_progress)
@@ -39,6 +40,22 @@ class Command(BaseCommand):
                     f"{vs_settings.SEGMENTS['MIN_ROWS']} images each)."
                 )
             )
+
+    def _sync_segments(self, row: EmbeddingSpace) -> None:
+        stale = stale_segments(row)
+        if not stale:
+            return
+        state = index_state(row.name)
+        if stale > row.embeddings.count() * REBUILD_SHARE and state.exists:
+            # Each moved row would enter the graph again, one insert at a time: slower than
+            # building it anew, and it would leave as many dead entries.
+            self.stdout.write(
+                f"{stale} embeddings change segment: dropping {state.name} while they move "
+                "(queries scan exactly meanwhile), then building it again."
+            )
+            drop_index(state.name)
+        moved = sync_segments(row)
+        self.stdout.write(f"Moved {moved} embeddings to their product's current segment.")
 
     def _space_index(self, row: EmbeddingSpace, rebuild: bool) -> None:
         state = index_state(row.name)
