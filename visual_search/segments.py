@@ -1,7 +1,7 @@
 """Segments: one product field (``SEGMENTS["FIELD"]``) whose values get HNSW indexes of their own.
 
 pgvector applies a shop's filter after the index scan: to find 10 products of a category that
-holds 1.6 % of a million, the scan walks thousands of rows of other categories (55-64 ms
+holds 1.6 % of a million, the scan walks thousands of rows of other categories (55-69 ms
 here). A partial index per value holds only that value's rows, so the search costs what it
 costs in a catalogue of that value's size (docs/benchmarks.md). An index predicate can only
 name its own table, hence the copy of the value on each embedding row
