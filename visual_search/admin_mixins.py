@@ -66,12 +66,17 @@ class VisualSearchAdminMixin:
     def get_list_filter(self, request: HttpRequest) -> list:
         return [*super().get_list_filter(request), EmbeddingStatusFilter]
 
-    def get_actions(self, request: HttpRequest) -> dict:
-        actions = super().get_actions(request)
-        name = reindex_selected_products.__name__
-        actions.setdefault(
-            name, (reindex_selected_products, name, reindex_selected_products.short_description)
-        )
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict:
+        # Django 6.1 asks per location (change list or change form) and wants Action objects;
+        # earlier versions call get_actions(request) and want tuples: get_action builds either.
+        if action_location is None:
+            actions = super().get_actions(request)
+            entry = self.get_action(reindex_selected_products)
+        else:
+            actions = super().get_actions(request, action_location=action_location)
+            entry = self.get_action(reindex_selected_products, action_location)
+        if entry is not None:  # None: not offered at this location (the change form)
+            actions.setdefault(reindex_selected_products.__name__, entry)
         return actions
 
     @admin.display(description="visual search")
