@@ -83,7 +83,7 @@ def load(n: int, clusters: int, seed: int) -> None:
                         "int4",
                         "timestamptz",
                         "timestamptz",
-                        "varchar",
+                        "text",
                     ]
                 )
                 now = datetime.now(UTC)

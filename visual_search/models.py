@@ -102,7 +102,7 @@ class ProductEmbedding(models.Model):
     error = models.TextField(_("error"), blank=True)
     # The product's value of SEGMENTS["FIELD"] (as text), copied here so that a partial HNSW
     # index per value can select its rows (segments.py); "" when the feature is off.
-    segment = models.CharField(_("segment"), max_length=200, blank=True, default="")
+    segment = models.TextField(_("segment"), blank=True, default="")
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

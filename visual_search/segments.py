@@ -11,7 +11,6 @@ name its own table, hence the copy of the value on each embedding row
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +30,6 @@ from visual_search.indexing import (
 )
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
-
-logger = logging.getLogger(__name__)
 
 # Field types whose values read the same in Python (``segment_text``) and as SQL ``::text``.
 TEXT_STABLE_FIELDS = (

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='productembedding',
             name='segment',
-            field=models.CharField(blank=True, default='', max_length=200, verbose_name='segment'),
+            field=models.TextField(blank=True, default='', verbose_name='segment'),
         ),
         migrations.AddIndex(
             model_name='productembedding',
