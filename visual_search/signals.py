@@ -59,6 +59,8 @@ def _move_segment(product: Any) -> None:
     its old value; in a savepoint, so that a failure here cannot break the save."""
     from visual_search.segments import update_product_segment
 
+    if not vs_settings.SEGMENTS["FIELD"]:
+        return  # no savepoint round trip on every save when segments are off
     try:
         with transaction.atomic():
             update_product_segment(product)
