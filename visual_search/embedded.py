@@ -41,7 +41,12 @@ def start_postgres(datadir: Path) -> str:
     pgdata.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs' note about XDG_RUNTIME_DIR being unset
-        return pgserver.get_server(pgdata, cleanup_mode=None).get_uri()
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        if not (pgdata / "postmaster.pid").exists():
+            # pgserver keeps one server object per folder and process and hands it back as it
+            # is: after stop_postgres in this process (a restart), start it again.
+            server.ensure_postgres_running()
+        return server.get_uri()
 
 
 def stop_postgres(datadir: Path) -> None:
@@ -54,9 +59,6 @@ def stop_postgres(datadir: Path) -> None:
         pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     except subprocess.CalledProcessError:
         pass  # already stopped
-    # pgserver keeps one server object per data folder and process; a later start in this
-    # process (a restart) would get the stopped one back without starting it.
-    getattr(pgserver.PostgresServer, "_instances", {}).pop(pgdata.resolve(), None)
 
 
 def _redis_binary() -> str:
