@@ -213,7 +213,7 @@ def measure(args) -> None:
     from shop_demo.catalog.models import Category, Product
     from visual_search import services
     from visual_search.conf import vs_settings
-    from visual_search.indexing import ensure_index, index_state, segment_index_prefix
+    from visual_search.indexing import ensure_index, index_state, segment_indexes
     from visual_search.models import EmbeddingSpace
     from visual_search.segments import ensure_segment_indexes
     from visual_search.spaces import current_space_name
@@ -247,13 +247,10 @@ def measure(args) -> None:
     )
     segment_seconds = round(time.monotonic() - started, 1)
     state = index_state(space.name)
+    category_indexes = segment_indexes(space.name)
+    segment_count = len(category_indexes)
+    segment_bytes = sum(index.size_bytes for index in category_indexes)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*), coalesce(sum(pg_relation_size(oid)), 0)::bigint FROM pg_class "
-            "WHERE relkind = 'i' AND starts_with(relname, %s)",
-            [segment_index_prefix(space.name)],
-        )
-        segment_indexes, segment_bytes = cursor.fetchone()
         cursor.execute(
             "SELECT (regexp_match(pg_get_indexdef(%s::regclass), 'WITH \\(([^)]*)\\)'))[1]",
             [state.name],
@@ -266,7 +263,7 @@ def measure(args) -> None:
     print(
         f"HNSW ({index_options}) build {build_seconds} s, index "
         f"{state.size_bytes / 2**20:.0f} MiB, table {table_bytes / 2**20:.0f} MiB, "
-        f"shared_buffers {shared_buffers}; {segment_indexes} category indexes "
+        f"shared_buffers {shared_buffers}; {segment_count} category indexes "
         f"{segment_bytes / 2**20:.0f} MiB, built in {segment_seconds} s ({len(built)} checked)"
     )
 
@@ -357,7 +354,7 @@ def measure(args) -> None:
             "load_seconds": load_seconds,
             "hnsw_build_seconds": build_seconds,
             "index_mib": round(state.size_bytes / 2**20, 1),
-            "category_indexes": segment_indexes,
+            "category_indexes": segment_count,
             "category_indexes_mib": round(segment_bytes / 2**20, 1),
             "category_indexes_seconds": segment_seconds,
             "table_mib": round(table_bytes / 2**20, 1),

@@ -69,19 +69,23 @@ class IndexState:
 
 def index_state(space: str, segment: str | None = None) -> IndexState:
     name = index_name(space, segment)
+    found = _states("c.relname = %s", name)
+    return found[0] if found else IndexState(name, False, False, 0)
+
+
+def segment_indexes(space: str) -> list[IndexState]:
+    """The space's segment indexes, an invalid leftover of an interrupted build included."""
+    return _states("starts_with(c.relname, %s)", segment_index_prefix(space))
+
+
+def _states(condition: str, value: str) -> list[IndexState]:
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            SELECT i.indisvalid, pg_relation_size(c.oid)
-            FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
-            WHERE c.relname = %s
-            """,
-            [name],
+            "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid) FROM pg_class c "
+            f"JOIN pg_index i ON i.indexrelid = c.oid WHERE {condition}",
+            [value],
         )
-        row = cursor.fetchone()
-    if row is None:
-        return IndexState(name, False, False, 0)
-    return IndexState(name, True, bool(row[0]), int(row[1]))
+        return [IndexState(name, True, valid, int(size)) for name, valid, size in cursor.fetchall()]
 
 
 def ensure_index(

@@ -20,14 +20,7 @@ from django.db.models.lookups import Exact
 from django.db.models.sql.where import AND
 
 from visual_search.conf import vs_settings
-from visual_search.indexing import (
-    TABLE,
-    IndexState,
-    drop_index,
-    ensure_index,
-    index_name,
-    segment_index_prefix,
-)
+from visual_search.indexing import TABLE, drop_index, ensure_index, index_name, segment_indexes
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 
@@ -172,17 +165,6 @@ def ensure_segment_indexes(
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {TABLE}")
     return built
-
-
-def segment_indexes(space: str) -> list[IndexState]:
-    """The space's segment indexes, an invalid leftover of an interrupted build included."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid) FROM pg_class c "
-            "JOIN pg_index i ON i.indexrelid = c.oid WHERE starts_with(c.relname, %s)",
-            [segment_index_prefix(space)],
-        )
-        return [IndexState(name, True, valid, int(size)) for name, valid, size in cursor.fetchall()]
 
 
 def queryset_segment(queryset: models.QuerySet) -> tuple[str | None, bool]:

@@ -21,7 +21,7 @@ from visual_search.conf import vs_settings
 from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import ProductNotFound, VisualSearchError
 from visual_search.images import Box, ImageSource, load_image
-from visual_search.indexing import index_state
+from visual_search.indexing import index_state, segment_indexes
 from visual_search.look import (
     LookGroup,
     Proposal,
@@ -39,7 +39,6 @@ from visual_search.queries import (
     nearest_per_query,
     nearest_products,
 )
-from visual_search.segments import segment_indexes
 from visual_search.spaces import current_space_name, ensure_current_space, query_space
 
 logger = logging.getLogger(__name__)
