@@ -45,8 +45,6 @@ def fine_tuning_rows(
     only rows learned from other products). Trunk features are computed once."""
     import torch
 
-    from visual_search.adaptation import apply as project
-    from visual_search.adaptation import learned_whitening
     from visual_search.conf import vs_settings
     from visual_search.encoders import load_timm_model
     from visual_search.fine_tuning import FineTuneConfig, FineTuner
@@ -64,81 +62,98 @@ def fine_tuning_rows(
             yield batch
 
     rows = []
-    n_studio = len(studio_labels)
     for stages in [int(s) for s in args.trained_stages.split(",")]:
-        config = FineTuneConfig(
-            epochs=args.epochs,
-            trained_stages=stages,
-            learning_rate=args.learning_rate,
-            scale=args.scale,
-        )
-
         started = time.monotonic()
         model = load_timm_model(encoder_config["MODEL"], encoder_config["WEIGHTS"])
-        tuner = FineTuner(model, config)
+        tuner = FineTuner(model, FineTuneConfig(trained_stages=stages))
         done = 0
         for batch in pictures(gallery_paths):
             tuner.add(batch, gallery_labels[done : done + len(batch)])
             done += len(batch)
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
-        details = tuner.train()
-        fit_s = time.monotonic() - started
-        print(f"fine-tuned {stages} stages: {details}, {fit_s:.0f} s in all")
-        g = tuner.added_vectors()
-        q = tuner.embed_features(query_features)
-        label = f"fine-tune {stages} stages, {args.epochs} epochs"
-        rows.append(
-            {
-                "gallery": "studio + photos",
-                "transform": label,
-                **summary(ranks(q, query_labels, g, gallery_labels)),
-                "fit_s": round(fit_s, 1),
-            }
+        features_s = time.monotonic() - started
+        for margin in [float(m) for m in args.margins.split(",")]:
+            tuner.config = FineTuneConfig(
+                epochs=args.epochs,
+                trained_stages=stages,
+                learning_rate=args.learning_rate,
+                scale=args.scale,
+                margin=margin,
+            )
+            started = time.monotonic()
+            details = tuner.train()
+            fit_s = features_s + time.monotonic() - started
+            print(f"fine-tuned {stages} stages, margin {margin}: {details}, {fit_s:.0f} s in all")
+            rows += evaluate_tuner(
+                args,
+                tuner,
+                f"fine-tune {stages} stages, margin {margin}, {args.epochs} epochs",
+                fit_s,
+                (gallery_labels, query_features, query_labels, studio_labels, folds),
+            )
+    return rows
+
+
+def evaluate_tuner(args, tuner, label, fit_s, data) -> list[dict]:
+    """The rows of one trained model: the whole catalogue, its studio images, whitening on
+    top; with --folds, studio-only search of products the model never saw (5 folds)."""
+    from visual_search.adaptation import apply as project
+    from visual_search.adaptation import learned_whitening
+
+    gallery_labels, query_features, query_labels, studio_labels, folds = data
+    n_studio = len(studio_labels)
+    g = tuner.added_vectors()
+    q = tuner.embed_features(query_features)
+    rows = [
+        {
+            "gallery": "studio + photos",
+            "transform": label,
+            **summary(ranks(q, query_labels, g, gallery_labels)),
+            "fit_s": round(fit_s, 1),
+        },
+        {
+            "gallery": "studio only",
+            "transform": label + " (same products)",
+            **summary(ranks(q, query_labels, g[:n_studio], studio_labels)),
+        },
+    ]
+    mean, projection = learned_whitening(g, gallery_labels, 80, args.shrink)
+    rows.append(
+        {
+            "gallery": "studio + photos",
+            "transform": label + " + whitening d=80",
+            **summary(
+                ranks(
+                    project(q, mean, projection),
+                    query_labels,
+                    project(g, mean, projection),
+                    gallery_labels,
+                )
+            ),
+        }
+    )
+    if not args.folds:
+        return rows
+    variants = {" (other products)": lambda fold: ~np.isin(gallery_labels, fold)}
+    if args.studio_classes:  # what the app did before it left single-image products out
+        variants[" (other products + the fold's studio images as classes)"] = lambda fold: (
+            ~np.isin(gallery_labels, fold) | (np.arange(len(gallery_labels)) < n_studio)
         )
+    for suffix, selection in variants.items():
+        all_ranks = []
+        for fold in folds:
+            tuner.train(selection(fold))
+            g = tuner.added_vectors()[:n_studio]
+            q = tuner.embed_features(query_features)
+            held = np.isin(query_labels, fold)
+            all_ranks.append(ranks(q[held], query_labels[held], g, studio_labels))
         rows.append(
             {
                 "gallery": "studio only",
-                "transform": label + " (same products)",
-                **summary(ranks(q, query_labels, g[:n_studio], studio_labels)),
+                "transform": label + suffix,
+                **summary(np.concatenate(all_ranks)),
             }
         )
-        mean, projection = learned_whitening(g, gallery_labels, 80, args.shrink)
-        rows.append(
-            {
-                "gallery": "studio + photos",
-                "transform": label + " + whitening d=80",
-                **summary(
-                    ranks(
-                        project(q, mean, projection),
-                        query_labels,
-                        project(g, mean, projection),
-                        gallery_labels,
-                    )
-                ),
-            }
-        )
-        if not args.folds:
-            continue
-        variants = {" (other products)": lambda fold: ~np.isin(gallery_labels, fold)}
-        if args.studio_classes:  # what the app did before it left single-image products out
-            variants[" (other products + the fold's studio images as classes)"] = lambda fold: (
-                ~np.isin(gallery_labels, fold) | (np.arange(len(gallery_labels)) < n_studio)
-            )
-        for suffix, selection in variants.items():
-            all_ranks = []
-            for fold in folds:
-                tuner.train(selection(fold))
-                g = tuner.added_vectors()[:n_studio]
-                q = tuner.embed_features(query_features)
-                held = np.isin(query_labels, fold)
-                all_ranks.append(ranks(q[held], query_labels[held], g, studio_labels))
-            rows.append(
-                {
-                    "gallery": "studio only",
-                    "transform": label + suffix,
-                    **summary(np.concatenate(all_ranks)),
-                }
-            )
     return rows
 
 
@@ -154,6 +169,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=12.0, help="fine-tuning cosine scale")
     parser.add_argument(
         "--trained-stages", default="2", help="fine-tuning: comma list of stages trained"
+    )
+    parser.add_argument(
+        "--margins", default="0,0.15", help="fine-tuning: comma list of CosFace margins"
     )
     parser.add_argument(
         "--folds", action="store_true", help="fine-tune per fold for the other-products rows"
