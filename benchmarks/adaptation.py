@@ -72,7 +72,8 @@ def fine_tuning_rows(
             done += len(batch)
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
         features_s = time.monotonic() - started
-        for margin in [float(m) for m in args.margins.split(",")]:
+        margins = args.margins.split(",") if args.margins else [FineTuneConfig.margin]
+        for margin in [float(m) for m in margins]:
             tuner.config = FineTuneConfig(
                 epochs=args.epochs,
                 trained_stages=stages,
@@ -171,7 +172,9 @@ def main() -> None:
         "--trained-stages", default="2", help="fine-tuning: comma list of stages trained"
     )
     parser.add_argument(
-        "--margins", default="0,0.15", help="fine-tuning: comma list of CosFace margins"
+        "--margins",
+        default=None,
+        help="fine-tuning: comma list of CosFace margins (default: the app's)",
     )
     parser.add_argument(
         "--folds", action="store_true", help="fine-tune per fold for the other-products rows"
