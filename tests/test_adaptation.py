@@ -253,3 +253,24 @@ def test_fine_tuning_explains_which_models_it_supports():
             timm.create_model("tf_efficientnet_lite0", pretrained=False),
             FineTuneConfig(trained_stages=7),
         )
+
+
+def test_fine_tuning_margin_raises_the_loss_of_the_same_step():
+    """The CosFace margin (an ablation parameter, 0 by default) is applied to each image's own
+    product only: the same first step with a margin costs more."""
+    import timm
+    from PIL import Image
+
+    from visual_search.fine_tuning import FineTuneConfig, FineTuner
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    weights = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    losses = {}
+    for margin in (0.0, 0.3):
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        model.load_state_dict(weights)
+        tuner = FineTuner(model, FineTuneConfig(epochs=1, augmented_views=0, margin=margin))
+        tuner.add(images, ["a", "a", "a", "b", "b", "b"])
+        losses[margin] = tuner.train()["loss"]
+    assert losses[0.3] > losses[0.0] > 0
