@@ -60,6 +60,18 @@ def test_other_runtimes_agree_with_fp32_torch(encoder, pictures, runtime, tmp_pa
     assert cosines.min() > (0.9999 if runtime == "onnx" else 0.98), cosines
 
 
+def test_onnx_activation_map_equals_fp32_torch(encoder, pictures, tmp_path):
+    """Shop the look's proposals read this map; onnxruntime computes it (faster), from a graph
+    exported once per size into the cache folder."""
+    onnx = TimmEncoder(model="tf_efficientnet_lite0", runtime="onnx", cache_dir=str(tmp_path))
+    reference = encoder.activation_map(pictures[0], 320)
+    fast = onnx.activation_map(pictures[0], 320)
+    assert fast.shape == reference.shape == (10, 10)
+    assert np.allclose(fast, reference, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(onnx.activation_map(pictures[2], 320), reference, atol=1e-2)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2  # the encoder's graph and this size's map
+
+
 def test_local_checkpoint_file(encoder, pictures, tmp_path):
     path = tmp_path / "lite0-finetuned.pth"
     torch.save(

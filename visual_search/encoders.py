@@ -155,6 +155,22 @@ def export_onnx(
         )
 
 
+def _activation_module(model: Any) -> Any:
+    """The channel mean of ``model``'s last feature map as one module, exportable to ONNX
+    (built on demand: importing this file must not import torch)."""
+    import torch
+
+    class ActivationMap(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels: Any) -> Any:
+            return self.model.forward_features(pixels).relu().mean(1)
+
+    return ActivationMap()
+
+
 class TimmEncoder:
     """A timm backbone as an encoder; the runtime is chosen per space by the benchmarks."""
 
@@ -182,6 +198,7 @@ class TimmEncoder:
         self._model: Any = None
         self._transform: Any = None
         self._session: Any = None
+        self._activation_sessions: dict[int, Any] = {}
         self._dimension: int | None = None
 
     def _weights_tag(self) -> str:
@@ -230,16 +247,23 @@ class TimmEncoder:
                 "Loaded encoder %s (%s, %d dims)", self.space, self.runtime, self._dimension
             )
 
-    def _onnx_session(self, model: Any, input_size: tuple[int, ...]) -> Any:
+    def _onnx_session(
+        self, model: Any, input_size: tuple[int, ...], kind: str = "embedding"
+    ) -> Any:
+        """An onnxruntime session of ``model``, exported once per space, kind and input size
+        into the cache folder."""
         import onnxruntime as ort
 
-        digest = hashlib.sha256(f"{self.space}|{self.weights}|{input_size}".encode()).hexdigest()
+        key = f"{self.space}|{self.weights}|{input_size}"
+        if kind != "embedding":
+            key += f"|{kind}"
+        digest = hashlib.sha256(key.encode()).hexdigest()
         path = self.cache_dir / f"{self.model_name}-{digest[:16]}.onnx"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
             os.close(fd)
-            export_onnx(model, input_size, tmp)
+            export_onnx(model, input_size, tmp, output=kind)
             os.replace(tmp, path)  # atomic: concurrent workers never read half a file
         options = ort.SessionOptions()
         if self.threads:
@@ -255,12 +279,21 @@ class TimmEncoder:
         self._load()
         config = self._transform.transforms[-1]  # Normalize
         resized = image.resize((size, size), Image.BICUBIC)
-        tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean, std = torch.as_tensor(config.mean), torch.as_tensor(config.std)
-        tensor = (tensor - mean[:, None, None]) / std[:, None, None]
+        mean, std = (np.asarray(v, dtype=np.float32) for v in (config.mean, config.std))
+        pixels = (np.asarray(resized, dtype=np.float32) / 255.0 - mean) / std
+        batch = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], dtype=np.float32)
+        if self.runtime == "onnx":  # about 4x torch fp32 at 640 px: a third of a look's time
+            return self._activation_session(size).run(None, {"pixels": batch})[0][0]
         with torch.inference_mode():
-            features = self._model.forward_features(tensor.unsqueeze(0))[0]
-        return features.relu().mean(0).numpy()
+            return _activation_module(self._model)(torch.from_numpy(batch))[0].numpy()
+
+    def _activation_session(self, size: int) -> Any:
+        with self._lock:
+            if size not in self._activation_sessions:
+                self._activation_sessions[size] = self._onnx_session(
+                    _activation_module(self._model), (3, size, size), kind="activation"
+                )
+            return self._activation_sessions[size]
 
     def preprocess(self, images: Sequence[Image.Image]) -> Any:
         import torch
