@@ -255,7 +255,7 @@ class TimmEncoder:
         import onnxruntime as ort
 
         key = f"{self.space}|{self.weights}|{input_size}"
-        if kind != "embedding":
+        if kind != "embedding":  # the encoder's own graph keeps the name caches already hold
             key += f"|{kind}"
         digest = hashlib.sha256(key.encode()).hexdigest()
         path = self.cache_dir / f"{self.model_name}-{digest[:16]}.onnx"
