@@ -175,7 +175,14 @@ def main() -> None:
         "--reuse",
         action="store_true",
         help="keep the benchmark database of the previous run when it holds --products "
-        "products and a valid index (the load and build figures are then not measured)",
+        "products and a valid index (the load is then not measured, nor the build without "
+        "--rebuild)",
+    )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="with --reuse: build the space's index again with --m / --ef-construction "
+        "(measured) on the same products; the category indexes are kept",
     )
     parser.add_argument(
         "--shared-buffers",
@@ -185,6 +192,8 @@ def main() -> None:
     )
     parser.add_argument("--output", default="")
     args = parser.parse_args()
+    if args.rebuild and not args.reuse:
+        parser.error("--rebuild needs --reuse (without it every run builds the index)")
 
     common.setup_django("scale", fresh=not args.reuse)
     previous_buffers = set_shared_buffers(args.shared_buffers) if args.shared_buffers else None
@@ -230,7 +239,10 @@ def measure(args) -> None:
         # Filling the column now would move every row (and re-enter it in the graph).
         raise SystemExit("--reuse: the previous run's rows have no category segment; run again")
     load_seconds = build_seconds = None
-    if args.reuse:
+    if args.reuse and args.rebuild:
+        print(f"reusing the {n} products; building the HNSW index again...")
+        build_seconds = round(ensure_index(space, rebuild=True), 1)
+    elif args.reuse:
         print(f"reusing the {n} products and the index of the previous run")
     else:
         print(f"loading {n} products with synthetic {DIM}-d embeddings...")
@@ -349,6 +361,7 @@ def measure(args) -> None:
             "hnsw": index_options,
             "shared_buffers": shared_buffers,
             "reused": args.reuse,
+            "rebuilt": args.rebuild,
             "dimension": DIM,
             "queries": args.queries,
             "load_seconds": load_seconds,
