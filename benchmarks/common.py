@@ -116,9 +116,9 @@ def save(name: str, payload: dict[str, Any]) -> Path:
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         **payload,
     }
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{name}.json"  # an absolute --output puts it elsewhere
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nresults written to {path.relative_to(REPO)}")
+    print(f"\nresults written to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return path
 
 

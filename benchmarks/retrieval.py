@@ -164,7 +164,11 @@ def main() -> None:
         help="share of the classes left out of the catalogue (their photos: strangers)",
     )
     parser.add_argument("--seed", type=int, default=0, help="which classes are held out")
-    parser.add_argument("--output", default="retrieval", help="results/<name>.json")
+    parser.add_argument(
+        "--output",
+        default="retrieval",
+        help="results/<name>.json, or an absolute path without .json",
+    )
     args = parser.parse_args()
     variants = args.gallery or ["iconic", "iconic,train"]
     variants = sorted(variants, key=lambda v: len(v.split(",")))  # grow the gallery step by step
