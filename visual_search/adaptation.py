@@ -145,8 +145,11 @@ def stranger_mask(labels: np.ndarray, held: np.ndarray, share: float) -> np.ndar
     adaptation is checked without them, so they are photos of products it never learned and
     the check catalogue does not sell: what calibrates the "not ours" answer. With fewer than
     10 such products there are none (confidence is then calibrated by leaving each held-out
-    image's own product out, which flatters a fine-tuned space)."""
-    products = np.unique(labels[held])
+    image's own product out, which flatters a fine-tuned space). The draw is over the
+    products in the order of ``labels`` (the catalogue's key order), not over the keys'
+    text, so the same catalogue gets the same strangers whatever numbers its keys have."""
+    candidates = labels[held]
+    products = candidates[np.sort(np.unique(candidates, return_index=True)[1])]
     count = round(len(products) * share)
     if len(products) < 10 or count < 1:
         return np.zeros(len(labels), dtype=bool)
