@@ -189,8 +189,9 @@ def main() -> None:
     parser.add_argument(
         "--adapt",
         action="store_true",
-        help="match regions in the catalogue-adapted space (LOOK ADAPTED_SPACE; the space is "
-        "learned from the gallery and kept with --reuse)",
+        help="adapt the catalogue first: the items are still found in the base space, their "
+        "products come from the adapted one (LOOK ADAPTED_SPACE; the space is learned from the "
+        "gallery and kept with --reuse)",
     )
     parser.add_argument(
         "--fit",

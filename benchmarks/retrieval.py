@@ -56,6 +56,21 @@ def read_classes(data: Path) -> list[dict[str, str]]:
         ]
 
 
+def make_products(data: Path, classes: list[dict[str, str]]) -> dict[str, Any]:
+    """One product per class, its studio image as the main image; {fine class id: product}."""
+    from django.core.files import File
+
+    from shop_demo.catalog.models import Product
+
+    products = {}
+    for entry in classes:
+        product = Product(name=entry["name"], slug=entry["name"].lower()[:200])
+        with open(data / entry["iconic"], "rb") as handle:
+            product.image.save(Path(entry["iconic"]).name, File(handle))
+        products[entry["id"]] = product
+    return products
+
+
 def build_catalogue(data: Path, splits: list[str], *, reuse: bool = False) -> dict[str, Any]:
     """One product per class with its studio image, plus the photos of ``splits`` as its
     gallery; {fine class id: product}. ``reuse`` keeps the products an earlier run made."""
@@ -63,22 +78,30 @@ def build_catalogue(data: Path, splits: list[str], *, reuse: bool = False) -> di
 
     from shop_demo.catalog.models import Product, ProductImage
 
-    existing = {p.name: p for p in Product.objects.all()} if reuse else {}
-    products = {}
-    for entry in read_classes(data):
-        if entry["name"] in existing:
-            products[entry["id"]] = existing[entry["name"]]
-            continue
-        product = Product(name=entry["name"], slug=entry["name"].lower()[:200])
-        with open(data / entry["iconic"], "rb") as handle:
-            product.image.save(Path(entry["iconic"]).name, File(handle))
-        products[entry["id"]] = product
-    for split in [s for s in splits if s and not existing]:
-        for position, (path, fine) in enumerate(read_split(data, split)):
-            if fine in products:
-                image = ProductImage(product=products[fine], position=position)
-                with open(data / path, "rb") as handle:
-                    image.image.save(Path(path).name, File(handle))
+    classes = read_classes(data)
+    ids = {entry["id"] for entry in classes}
+    photos = [
+        (position, path, fine)
+        for split in splits
+        if split
+        for position, (path, fine) in enumerate(read_split(data, split))
+        if fine in ids
+    ]
+    if reuse:
+        existing = {p.name: p for p in Product.objects.all()}
+        kept = ProductImage.objects.count()
+        if set(existing) != {entry["name"] for entry in classes} or kept != len(photos):
+            raise SystemExit(
+                f"The kept catalogue ({len(existing)} products, {kept} gallery photos) was not "
+                f"built from these splits of {data} ({len(classes)} products, {len(photos)} "
+                "photos): run without --reuse."
+            )
+        return {entry["id"]: existing[entry["name"]] for entry in classes}
+    products = make_products(data, classes)
+    for position, path, fine in photos:
+        image = ProductImage(product=products[fine], position=position)
+        with open(data / path, "rb") as handle:
+            image.image.save(Path(path).name, File(handle))
     return products
 
 
@@ -176,7 +199,7 @@ def main() -> None:
     common.setup_django("retrieval", fresh=True)
     from django.core.files import File
 
-    from shop_demo.catalog.models import Product, ProductImage
+    from shop_demo.catalog.models import ProductImage
     from visual_search import services
     from visual_search.encoders import get_encoder
 
@@ -191,12 +214,7 @@ def main() -> None:
     queries = read_split(args.data, args.queries)
     if args.limit:
         queries = queries[: args.limit]
-    products = {}
-    for entry in classes:
-        product = Product(name=entry["name"], slug=entry["name"].lower()[:200])
-        with open(args.data / entry["iconic"], "rb") as handle:
-            product.image.save(Path(entry["iconic"]).name, File(handle))
-        products[entry["id"]] = product
+    products = make_products(args.data, classes)
     by_pk = {p.pk: fine for fine, p in products.items()}
     encoder = get_encoder()
     print(

@@ -172,16 +172,18 @@ def test_look_settings(settings):
             "MIN_OBJECTNESS": 1.5,
             "OVERLAP_IOU": 0,
             "MAX_SIDE": 10,
+            "ADAPTED_SPACE": "yes",
             "OBJECTNESS": {"coef": [1.0, 2.0], "intercept": 0},
         },
     }
     messages = checks.check_look_settings()
-    assert ids(messages) == ["visual_search.E013"] and len(messages) == 5
+    assert ids(messages) == ["visual_search.E013"] and len(messages) == 6
     assert [m.msg.split()[1] for m in messages] == [
         "DETECTOR",
         "MIN_OBJECTNESS",
         "OVERLAP_IOU",
         "MAX_SIDE",
+        "ADAPTED_SPACE",
         "OBJECTNESS",
     ]
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "LOOK": {}}

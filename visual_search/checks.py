@@ -202,6 +202,13 @@ def check_look_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         errors.append(
             _error(f"LOOK MAX_SIDE must be an integer of at least 64, not {side!r}.", "E013")
         )
+    if not isinstance(look.get("ADAPTED_SPACE"), bool):
+        errors.append(
+            _error(
+                f"LOOK ADAPTED_SPACE must be True or False, not {look.get('ADAPTED_SPACE')!r}.",
+                "E013",
+            )
+        )
     model = look.get("OBJECTNESS")
     if model is not None and not (
         isinstance(model, dict)

@@ -172,6 +172,9 @@ def shop_the_look(
 
     Regions come from the configured detector, are embedded in one batch and matched in one
     SQL statement, then grouped (see look.py). Raises UnusableImage for a bad picture.
+    With a catalogue-adapted space active (and ``LOOK["ADAPTED_SPACE"]``), each item's
+    products come from it: the items are found in the base space, whose scores the
+    objectness model was fitted on, and the fine-tuned model names their products better.
     """
     _check_k(k)
     look = vs_settings.LOOK
@@ -190,16 +193,32 @@ def shop_the_look(
         overlap_iou=float(look["OVERLAP_IOU"]),
         model=look["OBJECTNESS"],
     )
+    if look["ADAPTED_SPACE"]:
+        _name_items_in_adapted_space(picture, groups, k=k, queryset=queryset)
     for group in groups:  # back to the caller's pixels
         group.box = tuple(round(v * scale, 1) for v in group.box)
     return groups
 
 
+def _name_items_in_adapted_space(
+    picture: Any, groups: list[LookGroup], *, k: int, queryset: models.QuerySet | None
+) -> None:
+    """Replace each group's products by its box's top k in the adapted space, if one is active."""
+    space = query_space()
+    if not groups or space is None or space.base_id is None or space.dimension is None:
+        return
+    crops = [picture.crop(tuple(round(v) for v in group.box)) for group in groups]
+    matches = nearest_per_query(space, encode_in(space, crops), k=k, queryset=_products(queryset))
+    for group, found in zip(groups, matches, strict=True):
+        group.results = _results(found)
+
+
 def look_regions(
     picture: Any, *, k: int = 4, queryset: models.QuerySet | None = None
 ) -> list[Region]:
-    """The detector's regions of a (loaded, scaled) look photo, each with its top-k products:
-    embedded in one batch and matched in one SQL statement, before any grouping."""
+    """The detector's regions of a (loaded, scaled) look photo, each with its top-k products
+    in the base space: embedded in one batch and matched in one SQL statement, before any
+    grouping."""
     proposals = with_contrast(
         [
             Proposal(*p) if not isinstance(p, Proposal) else p
@@ -208,8 +227,7 @@ def look_regions(
         picture,
     )
     vectors, space = _encode_for_query(
-        [picture.crop(tuple(round(v) for v in p.box)) for p in proposals],
-        adapted=vs_settings.LOOK["ADAPTED_SPACE"],
+        [picture.crop(tuple(round(v) for v in p.box)) for p in proposals], adapted=False
     )
     matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
     return [
