@@ -136,7 +136,7 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
             top = group.results[0]
             if adapted_look:
                 box_score = best_score(adapted, space_encoder(adapted), picture, group, top.product)
-                assert abs(top.score - box_score) < 0.01
+                assert abs(top.score - box_score) < 0.01 and group.score == top.score
             else:  # pooled from the base-space regions on the box
                 assert np.abs(region_scores - top.score).min() < 1e-6
     # A product saved now is encoded by both models.

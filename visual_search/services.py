@@ -203,14 +203,16 @@ def shop_the_look(
 def _name_items_in_adapted_space(
     picture: Any, groups: list[LookGroup], *, k: int, queryset: models.QuerySet | None
 ) -> None:
-    """Replace each group's products by its box's top k in the adapted space, if one is active."""
+    """Replace each group's products (and its best match's score) by its box's top k in the
+    adapted space, if one is active."""
     space = query_space()
     if not groups or space is None or space.base_id is None or space.dimension is None:
         return
     crops = [picture.crop(tuple(round(v) for v in group.box)) for group in groups]
     matches = nearest_per_query(space, encode_in(space, crops), k=k, queryset=_products(queryset))
     for group, found in zip(groups, matches, strict=True):
-        group.results = _results(found)
+        if found:
+            group.results, group.score = _results(found), found[0].score
 
 
 def look_regions(
