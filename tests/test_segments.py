@@ -13,8 +13,8 @@ from rest_framework.test import APIClient
 
 from shop_demo.catalog.models import Category, Product
 from visual_search import services
-from visual_search.indexing import index_name, index_state
-from visual_search.models import ProductEmbedding
+from visual_search.indexing import index_name, index_state, segment_indexes
+from visual_search.models import EmbeddingSpace, ProductEmbedding
 from visual_search.queries import nearest_products
 from visual_search.segments import ensure_segment_indexes, sync_segments
 
@@ -169,3 +169,24 @@ def test_an_api_filter_on_the_segment_field_after_the_index_command(catalogue, s
     assert names == ["Kiwi", "Lemon"]  # the other fruit; not the milk, not the banana itself
     search = next(q["sql"] for q in captured.captured_queries if "LATERAL" in q["sql"])
     assert f"segment = E'{fruit}'" in search
+
+
+def test_a_deleted_space_takes_its_indexes_along(segmented, django_capture_on_commit_callbacks):
+    space, *_ = segmented
+    ensure_segment_indexes(space)
+    names = [index_name(space.name)] + [index.name for index in segment_indexes(space.name)]
+    assert len(names) > 1 and all(_exists(name) for name in names)
+    # Deleted and made again in the same transaction (same weights, same name): kept.
+    with django_capture_on_commit_callbacks(execute=True):
+        EmbeddingSpace.objects.filter(pk=space.pk).delete()
+        EmbeddingSpace.objects.create(name=space.name, dimension=space.dimension)
+    assert all(_exists(name) for name in names)
+    with django_capture_on_commit_callbacks(execute=True):
+        EmbeddingSpace.objects.filter(pk=space.pk).delete()
+    assert not any(_exists(name) for name in names)
+
+
+def _exists(name):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [name])
+        return cursor.fetchone() is not None

@@ -25,6 +25,9 @@ class VisualSearchConfig(AppConfig):
             weak=False,
             dispatch_uid="visual_search_forget_spaces",
         )
+        post_delete.connect(
+            signals.space_deleted, sender=EmbeddingSpace, dispatch_uid="visual_search_space_indexes"
+        )
         if not checks.product_model_errors():
             signals.connect()
             if vs_settings.ADMIN["REGISTER_ACTION"] and apps.is_installed("django.contrib.admin"):

@@ -1,4 +1,5 @@
-"""Re-embed products after their saves commit; never let that fail or slow down a save."""
+"""Re-embed products after their saves commit, never letting that fail or slow down a save;
+drop a deleted space's indexes."""
 
 from __future__ import annotations
 
@@ -88,6 +89,22 @@ def _follow(instance: Any, path: str) -> Any:
     return getattr(instance, f"{last}_id", None) or getattr(
         getattr(instance, last, None), "pk", None
     )
+
+
+def space_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A deleted embedding space's indexes go once the deletion commits (concurrently,
+    outside the transaction), unless a space of the same name was created again meanwhile
+    (an adaptation that learns the same weights gets the same name)."""
+    name = instance.name
+
+    def drop() -> None:
+        from visual_search.indexing import drop_space_indexes
+        from visual_search.models import EmbeddingSpace
+
+        if not EmbeddingSpace.objects.filter(name=name).exists():
+            drop_space_indexes(name)
+
+    transaction.on_commit(drop, robust=True)
 
 
 def connect() -> None:
