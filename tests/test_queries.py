@@ -108,3 +108,35 @@ def test_queries_can_use_the_partial_hnsw_index(synthetic):
         )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert index_name(space.name) in plan, plan
+
+
+def test_a_space_whose_products_crowd_the_first_rows_starts_its_next_query_wider(db, monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from visual_search import queries
+    from visual_search.models import EmbeddingStatus, ProductEmbedding
+
+    monkeypatch.setattr(queries, "_rows_per_product", {})
+    space, pks, vectors, centres, rng = synthetic_catalogue(60, 5, 64)
+    query = vectors[0]
+    # Five products with 30 images each next to the query, as a fine-tuned space packs them.
+    ProductEmbedding.objects.bulk_create(
+        ProductEmbedding(
+            product_id=pk,
+            space=space,
+            image_key=f"photo-{j}",
+            embedding=(query + 0.01 * rng.normal(size=64)).tolist(),
+            status=EmbeddingStatus.READY,
+            content_hash="x",
+        )
+        for pk in pks[1:6]
+        for j in range(30)
+    )
+    products = get_product_model().objects.all()
+    statements = []
+    for _ in range(2):
+        with CaptureQueriesContext(connection) as ctx:
+            found = nearest_products(space, k=8, vectors=query, queryset=products)
+        statements.append(sum("hits AS MATERIALIZED" in q["sql"] for q in ctx.captured_queries))
+        assert len(found) == 8 and {n.product.pk for n in found[:6]} == set(pks[:6])
+    assert statements[0] > 1 and statements[1] == 1  # the retries are not paid again
