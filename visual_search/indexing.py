@@ -119,13 +119,11 @@ def drop_index(name: str) -> None:
         cursor.execute(f'DROP INDEX {concurrently} IF EXISTS "{name}"')
 
 
-def drop_space_indexes(space: str) -> list[str]:
-    """Drop a deleted space's HNSW index and its segment indexes; returns their names. Left
-    behind, each re-adaptation would keep its predecessor's index (as large as the space)."""
-    names = [index_name(space)] + [state.name for state in segment_indexes(space)]
-    for name in names:
+def drop_space_indexes(space: str) -> None:
+    """Drop a deleted space's HNSW index and its segment indexes. Left behind, each
+    re-adaptation would keep its predecessor's index (as large as the space)."""
+    for name in [index_name(space)] + [state.name for state in segment_indexes(space)]:
         drop_index(name)
-    return names
 
 
 def _build(space: EmbeddingSpace, state: IndexState, predicate: str, *, concurrently: str) -> float:
