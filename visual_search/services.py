@@ -208,11 +208,15 @@ def _name_items_in_adapted_space(
     space = query_space()
     if not groups or space is None or space.base_id is None or space.dimension is None:
         return
-    crops = [picture.crop(tuple(round(v) for v in group.box)) for group in groups]
+    crops = _crops(picture, [group.box for group in groups])
     matches = nearest_per_query(space, encode_in(space, crops), k=k, queryset=_products(queryset))
     for group, found in zip(groups, matches, strict=True):
         if found:
             group.results, group.score = _results(found), found[0].score
+
+
+def _crops(picture: Any, boxes: Iterable[Box]) -> list[Any]:
+    return [picture.crop(tuple(round(v) for v in box)) for box in boxes]
 
 
 def look_regions(
@@ -228,9 +232,7 @@ def look_regions(
         ],
         picture,
     )
-    vectors, space = _encode_for_query(
-        [picture.crop(tuple(round(v) for v in p.box)) for p in proposals], adapted=False
-    )
+    vectors, space = _encode_for_query(_crops(picture, [p.box for p in proposals]), adapted=False)
     matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
     return [
         Region(p.box, found, p.precise, p.contrast)
