@@ -72,3 +72,26 @@ def test_index_command_builds_concurrently_and_rebuilds(catalogue):
     assert state.exists and state.valid
     with pytest.raises(CommandError, match="no embeddings yet"):
         run("visual_search_index", "--space", "other/space")
+
+
+def test_a_second_demo_is_refused_before_it_starts_anything(settings, tmp_path):
+    import os
+    import socket
+
+    from shop_demo.catalog.management.commands.rundemo import check_not_running
+
+    settings.DATA_DIR = tmp_path
+    lock = tmp_path / "rundemo.pid"
+    lock.write_text(str(os.getpid()))  # a live process holds the demo
+    with pytest.raises(CommandError, match="already running"):
+        call_command("rundemo", "--addr", "127.0.0.1:0")
+    assert lock.read_text() == str(os.getpid())  # the first demo's lock is left alone
+
+    lock.write_text("999999999")  # a crashed demo's lock does not block the next one
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        busy = f"127.0.0.1:{server.getsockname()[1]}"
+        check_not_running(lock, "127.0.0.1:0")
+        with pytest.raises(CommandError, match=f"Cannot serve on {busy}.*another address"):
+            check_not_running(lock, busy)

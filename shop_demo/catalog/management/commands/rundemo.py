@@ -1,22 +1,26 @@
 """Run the whole demo: migrate, load the catalogue, start a Celery worker and the web server.
 
 The embedded PostgreSQL and Redis were started by the settings (no DATABASE_URL /
-CELERY_BROKER_URL); Ctrl-C stops the worker, the web server and both servers.
+CELERY_BROKER_URL); Ctrl-C stops the worker, the web server and both servers. A second demo
+on the same data directory is refused before it starts anything: it would share those
+servers, and stopping it would stop them under the first.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from shop_demo.catalog.models import Product
 from visual_search import embedded
@@ -29,6 +33,15 @@ class Command(BaseCommand):
         parser.add_argument("--addr", default="127.0.0.1:8000", help="address:port to serve on")
 
     def handle(self, *args: Any, addr: str, **options: Any) -> None:
+        lock = Path(settings.DATA_DIR) / "rundemo.pid"
+        check_not_running(lock, addr)
+        lock.write_text(str(os.getpid()))
+        try:
+            self.run(addr)
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def run(self, addr: str) -> None:
         call_command("migrate", verbosity=0)
         before = Product.objects.count()
         call_command("load_demo_catalog", stdout=self.stdout)
@@ -92,6 +105,30 @@ class Command(BaseCommand):
             if not os.environ.get("DATABASE_URL") and not os.environ.get("CELERY_BROKER_URL"):
                 embedded.stop_all(settings.DATA_DIR)
             self.stdout.write("Stopped.")
+
+
+def check_not_running(lock: Path, addr: str) -> None:
+    """Refuse a second demo, and an address another program serves, with what to do instead."""
+    try:
+        pid = int(lock.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        pass  # no lock, or its process is gone (a crash): a stale lock
+    else:
+        raise CommandError(
+            f"The demo is already running (process {pid}, data in {lock.parent}). "
+            "Use that one, or stop it with Ctrl-C in its terminal first."
+        )
+    host, _, port = addr.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as runserver binds
+        try:
+            probe.bind((host.strip("[]") or "127.0.0.1", int(port)))
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot serve on {addr}: {exc.strerror}. Another program uses it; "
+                "pass another address, e.g. ./scripts/demo 127.0.0.1:8001"
+            ) from None
 
 
 def queue_missing() -> int:
