@@ -181,3 +181,62 @@ def test_shop_the_look_page(page, shop, tmp_path):
     page.wait_for_selector("#box-results:not([hidden]) .card-name")
     assert "Arla Standard Milk" in page.locator("#box-grid .card-name").all_inner_texts()
     screenshot(page, "shop-the-look-box")
+
+
+def test_merchant_reviews_suggested_hotspots_in_the_admin(page, shop, tmp_path, django_user_model):
+    from PIL import Image
+
+    from visual_search.models import Look
+
+    canvas = Image.new("RGB", (900, 600), (238, 238, 232))
+    for index, name in enumerate(["Banana", "Arla-Standard-Milk", "Kiwi"]):
+        photo = Image.open(grocery_photos("val", name)[0]).convert("RGB").resize((260, 260))
+        canvas.paste(photo, (20 + index * 300, 170))
+    upload = tmp_path / "breakfast.jpg"
+    canvas.save(upload, "JPEG")
+    django_user_model.objects.create_superuser("merchant", "m@example.com", "pw")
+    page.goto(f"{shop}/admin/login/?next=/admin/visual_search/look/add/")
+    page.fill("#id_username", "merchant")
+    page.fill("#id_password", "pw")
+    page.click("input[type=submit]")
+    page.fill("#id_title", "Breakfast")
+    page.set_input_files("#id_image", str(upload))
+    page.click("input[name=_continue]")
+    assert "suggested hotspot(s)" in page.locator("ul.messagelist").inner_text()
+    look = Look.objects.get(title="Breakfast")
+    suggested = list(look.items.order_by("position"))
+    assert len(suggested) >= 2
+    assert page.locator(".vs-look__box--suggested").count() == len(suggested)
+    screenshot(page, "admin-look-suggestions")
+
+    # Row 0: take its second candidate and accept it; row 1: remove it.
+    row = page.locator("#items-group tr.has_original").first
+    candidate = row.locator(".vs-candidate").nth(1)
+    chosen = suggested[0].alternatives[1]
+    candidate.click()
+    assert page.input_value("#id_items-0-product") == chosen["pk"]
+    assert candidate.get_attribute("aria-pressed") == "true"
+    page.uncheck("#id_items-0-suggested")
+    page.check("#id_items-1-DELETE")
+    page.click("input[name=_continue]")
+    assert page.locator(".errorlist").count() == 0
+    items = list(look.items.order_by("position"))
+    assert len(items) == len(suggested) - 1
+    assert str(items[0].product.pk) == chosen["pk"] and not items[0].suggested
+    assert suggested[1].pk not in {item.pk for item in items}
+
+    # A box the wrong way round is refused with the form's message, and nothing is saved.
+    page.fill("#id_items-0-left", "0.9")
+    page.fill("#id_items-0-right", "0.1")
+    page.click("input[name=_continue]")
+    page.locator(".errornote").wait_for()
+    assert "0 <= left < right <= 1" in page.locator("#items-group .errorlist").inner_text()
+    items[0].refresh_from_db()
+    assert items[0].left < items[0].right
+
+    # Shoppers see the accepted hotspot only, without the review boxes.
+    page.goto(f"{shop}/look/")
+    card = page.locator(".vs-look", has_text="Breakfast")
+    assert card.locator(".vs-look__hotspot").count() == 1
+    assert card.locator(".vs-look__box").count() == 0
+    assert card.locator(".vs-look__label").inner_text() == chosen["name"]

@@ -253,3 +253,18 @@ def test_look_items_name_products_through_the_setting(make_product, photos):
     assert item.centre == pytest.approx((30, 35))
     product.delete()
     assert not LookItem.objects.filter(pk=item.pk).exists()
+
+
+@pytest.mark.django_db
+def test_hotspot_positions_are_css_numbers_in_any_locale(make_product, photos):
+    from django.utils import translation
+
+    product = make_product("Kiwi", photos("train", "Kiwi")[0])
+    look = Look(title="t")
+    look.image.save("t.jpg", ContentFile(photos("train", "Kiwi")[1].read_bytes()))
+    LookItem.objects.create(look=look, product=product, left=0.1, top=0.125, right=0.5, bottom=0.6)
+    template = Template("{% load visual_search %}{% shop_the_look look 0 show_boxes=True %}")
+    with translation.override("de"):  # decimal comma
+        html = template.render(Context({"look": look}))
+    assert "left: 30.0%; top: 36.25%" in html  # the hotspot, at the box's centre
+    assert "left: 10.0%; top: 12.5%; width: 40.0%; height: 47.5%" in html  # the box outline

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from visual_search import services
 from visual_search.admin_actions import can_reindex, queue_and_report
@@ -165,15 +167,35 @@ class EmbeddingSpaceAdmin(admin.ModelAdmin):
 
 
 class LookItemInline(admin.TabularInline):
+    """One row per hotspot; a suggested row's other candidates are one click away."""
+
     model = LookItem
     extra = 0
-    fields = ["product", "suggested", "left", "top", "right", "bottom", "score", "candidates"]
-    readonly_fields = ["score", "candidates"]
+    fields = ["product", "suggested", "left", "top", "right", "bottom", "match", "candidates"]
+    readonly_fields = ["match", "candidates"]
     raw_id_fields = ["product"]
+    formfield_overrides = {
+        models.FloatField: {
+            "widget": forms.NumberInput(
+                attrs={"step": "0.001", "min": "0", "max": "1", "class": "vs-box-input"}
+            )
+        }
+    }
 
-    @admin.display(description="top products")
+    @admin.display(description="match score")
+    def match(self, item: LookItem) -> str:
+        return "-" if item.score is None else f"{item.score:.2f}"
+
+    @admin.display(description="top products (click one to use it)")
     def candidates(self, item: LookItem) -> str:
-        return ", ".join(f"{c['name']} ({c['score']:.2f})" for c in item.alternatives) or "-"
+        if not item.alternatives:
+            return "-"
+        return format_html_join(
+            " ",
+            '<button type="button" class="vs-candidate" data-pk="{}" data-name="{}">'
+            "{} ({})</button>",
+            ((c["pk"], c["name"], c["name"], f"{c['score']:.2f}") for c in item.alternatives),
+        )
 
 
 @admin.register(Look)
@@ -184,6 +206,10 @@ class LookAdmin(admin.ModelAdmin):
     inlines = [LookItemInline]
     actions = ["suggest_hotspots"]
     change_form_template = "admin/visual_search/look/change_form.html"
+
+    class Media:
+        css = {"all": ["visual_search/look_admin.css"]}
+        js = ["visual_search/look_admin.js"]
 
     @admin.display(description="hotspots")
     def hotspots(self, look: Look) -> int:

@@ -172,6 +172,10 @@ class LookItem(models.Model):
                 condition=models.Q(left__gte=0, top__gte=0, right__lte=1, bottom__lte=1)
                 & models.Q(left__lt=models.F("right"), top__lt=models.F("bottom")),
                 name="visual_search_lookitem_box",
+                violation_error_message=_(
+                    "A box is given in fractions of the image: 0 <= left < right <= 1 and "
+                    "0 <= top < bottom <= 1."
+                ),
             )
         ]
 

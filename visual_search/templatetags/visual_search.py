@@ -55,9 +55,12 @@ def _image_url(result: Any) -> str:
 
 
 @register.inclusion_tag("visual_search/look.html")
-def shop_the_look(look: Any, similar: int = 3, show_suggested: bool = False) -> dict:
+def shop_the_look(
+    look: Any, similar: int = 3, show_suggested: bool = False, show_boxes: bool = False
+) -> dict:
     """A look image with a hotspot per item (no JavaScript: <details> popovers), each showing
-    its product and ``similar`` similar items. Suggested, unaccepted items only when asked."""
+    its product and ``similar`` similar items. Suggested, unaccepted items and the items'
+    box outlines (for the merchant who reviews them) only when asked."""
     try:
         items = list(look.items.select_related("product"))
     except Exception:
@@ -69,6 +72,12 @@ def shop_the_look(look: Any, similar: int = 3, show_suggested: bool = False) -> 
             "product": item.product,
             "x": round((item.left + item.right) * 50, 2),
             "y": round((item.top + item.bottom) * 50, 2),
+            "box": [
+                round(item.left * 100, 2),
+                round(item.top * 100, 2),
+                round((item.right - item.left) * 100, 2),
+                round((item.bottom - item.top) * 100, 2),
+            ],
             "image_url": _product_image_url(item.product),
             "similar": [
                 {"product": r.product, "image_url": _image_url(r)}
@@ -80,7 +89,7 @@ def shop_the_look(look: Any, similar: int = 3, show_suggested: bool = False) -> 
         for item in items
         if show_suggested or not item.suggested
     ]
-    return {"look": look, "hotspots": hotspots}
+    return {"look": look, "hotspots": hotspots, "show_boxes": show_boxes}
 
 
 def _product_image_url(product: Any) -> str:
