@@ -73,6 +73,11 @@ def fine_tuning_rows(
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
         features_s = time.monotonic() - started
         margins = args.margins.split(",") if args.margins else [FineTuneConfig.margin]
+        weights = (
+            [float(w) for w in args.fine_tuned_weights.split(",")]
+            if args.fine_tuned_weights
+            else [FineTuneConfig.fine_tuned_weight]
+        )
         for margin in [float(m) for m in margins]:
             tuner.config = FineTuneConfig(
                 epochs=args.epochs,
@@ -91,48 +96,52 @@ def fine_tuning_rows(
                 f"fine-tune {stages} stages, margin {margin}, {args.epochs} epochs",
                 fit_s,
                 (gallery_labels, query_features, query_labels, studio_labels, folds),
+                weights,
             )
     return rows
 
 
-def evaluate_tuner(args, tuner, label, fit_s, data) -> list[dict]:
-    """The rows of one trained model: the whole catalogue, its studio images, whitening on
-    top; with --folds, studio-only search of products the model never saw (5 folds)."""
+def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
+    """The rows of one training, for each blend of its weights with the pretrained ones: the
+    whole catalogue, its studio images, whitening on top; with --folds, studio-only search of
+    products the model never saw (5 folds, one training each, every blend evaluated)."""
     from visual_search.adaptation import apply as project
     from visual_search.adaptation import learned_whitening
 
     gallery_labels, query_features, query_labels, studio_labels, folds = data
     n_studio = len(studio_labels)
-    g = tuner.added_vectors()
-    q = tuner.embed_features(query_features)
-    rows = [
-        {
-            "gallery": "studio + photos",
-            "transform": label,
-            **summary(ranks(q, query_labels, g, gallery_labels)),
-            "fit_s": round(fit_s, 1),
-        },
-        {
-            "gallery": "studio only",
-            "transform": label + " (same products)",
-            **summary(ranks(q, query_labels, g[:n_studio], studio_labels)),
-        },
-    ]
-    mean, projection = learned_whitening(g, gallery_labels, 80, args.shrink)
-    rows.append(
-        {
-            "gallery": "studio + photos",
-            "transform": label + " + whitening d=80",
-            **summary(
-                ranks(
-                    project(q, mean, projection),
-                    query_labels,
-                    project(g, mean, projection),
-                    gallery_labels,
-                )
-            ),
-        }
-    )
+    rows = []
+    for weight in weights:
+        tuner.blend(weight)
+        name = f"{label}, fine-tuned weight {weight}"
+        g = tuner.added_vectors()
+        q = tuner.embed_features(query_features)
+        mean, projection = learned_whitening(g, gallery_labels, 80, args.shrink)
+        rows += [
+            {
+                "gallery": "studio + photos",
+                "transform": name,
+                **summary(ranks(q, query_labels, g, gallery_labels)),
+                "fit_s": round(fit_s, 1),
+            },
+            {
+                "gallery": "studio only",
+                "transform": name + " (same products)",
+                **summary(ranks(q, query_labels, g[:n_studio], studio_labels)),
+            },
+            {
+                "gallery": "studio + photos",
+                "transform": name + " + whitening d=80",
+                **summary(
+                    ranks(
+                        project(q, mean, projection),
+                        query_labels,
+                        project(g, mean, projection),
+                        gallery_labels,
+                    )
+                ),
+            },
+        ]
     if not args.folds:
         return rows
     variants = {" (other products)": lambda fold: ~np.isin(gallery_labels, fold)}
@@ -141,20 +150,23 @@ def evaluate_tuner(args, tuner, label, fit_s, data) -> list[dict]:
             ~np.isin(gallery_labels, fold) | (np.arange(len(gallery_labels)) < n_studio)
         )
     for suffix, selection in variants.items():
-        all_ranks = []
+        fold_ranks: dict[float, list] = {weight: [] for weight in weights}
         for fold in folds:
             tuner.train(selection(fold))
-            g = tuner.added_vectors()[:n_studio]
-            q = tuner.embed_features(query_features)
             held = np.isin(query_labels, fold)
-            all_ranks.append(ranks(q[held], query_labels[held], g, studio_labels))
-        rows.append(
+            for weight in weights:
+                tuner.blend(weight)
+                g = tuner.added_vectors()[:n_studio]
+                q = tuner.embed_features(query_features)
+                fold_ranks[weight].append(ranks(q[held], query_labels[held], g, studio_labels))
+        rows += [
             {
                 "gallery": "studio only",
-                "transform": label + suffix,
-                **summary(np.concatenate(all_ranks)),
+                "transform": f"{label}, fine-tuned weight {weight}{suffix}",
+                **summary(np.concatenate(fold_ranks[weight])),
             }
-        )
+            for weight in weights
+        ]
     return rows
 
 
@@ -183,6 +195,12 @@ def main() -> None:
         "--studio-classes",
         action="store_true",
         help="with --folds: also train each fold's products as classes from their studio image",
+    )
+    parser.add_argument(
+        "--fine-tuned-weights",
+        default="",
+        help="fine-tuning: comma list of blends of the trained with the pretrained weights, "
+        "each evaluated from the same training (default: the app's)",
     )
     parser.add_argument("--output", default="adaptation")
     args = parser.parse_args()

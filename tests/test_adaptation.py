@@ -295,3 +295,30 @@ def test_fine_tuning_margin_raises_the_loss_of_the_same_step():
         tuner.add(images, ["a", "a", "a", "b", "b", "b"])
         losses[margin] = tuner.train()["loss"]
     assert losses[0.3] > losses[0.0] > 0
+
+
+def test_the_model_kept_is_the_trained_tail_blended_with_the_pretrained_one():
+    """WiSE-FT: the stored weights are fine_tuned_weight x trained + the rest pretrained."""
+    import io
+
+    import timm
+    import torch
+    from PIL import Image
+
+    from visual_search.fine_tuning import FineTuneConfig, FineTuner
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    name = "conv_head.weight"
+    pretrained = model.state_dict()[name].clone()
+    tuner = FineTuner(model, FineTuneConfig(epochs=1, augmented_views=0, fine_tuned_weight=0.85))
+    tuner.add(images, ["a", "a", "a", "b", "b", "b"])
+    tuner.train()
+    stored = torch.load(io.BytesIO(tuner.state_bytes()))[name]
+    tuner.blend(1.0)
+    trained = model.state_dict()[name].clone()
+    assert not torch.equal(trained, pretrained)
+    torch.testing.assert_close(stored, pretrained + 0.85 * (trained - pretrained))
+    tuner.blend(0.0)
+    torch.testing.assert_close(model.state_dict()[name], pretrained)

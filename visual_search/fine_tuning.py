@@ -47,6 +47,9 @@ class FineTuneConfig:
     batch_size: int = 64
     augmented_views: int = 3  # random crops per image, besides the plain one
     seed: int = 0
+    # The model kept is this mix of the trained and the pretrained tail weights (WiSE-FT): the
+    # pretrained share keeps products the model never learned (single-image ones) apart.
+    fine_tuned_weight: float = 0.85
 
 
 def _parts(model: Any, trained_stages: int) -> tuple[Any, Any]:
@@ -114,6 +117,7 @@ class FineTuner:
         self.features_s = 0.0
         self._session: Any = None
         self._initial_tail = copy.deepcopy(self.tail.state_dict())
+        self._trained_tail = self._initial_tail
 
     def trunk_features(self, images: Sequence[Image.Image], *, augmented: bool = False) -> Any:
         import torch
@@ -243,7 +247,8 @@ class FineTuner:
                 total += loss.item() * len(index)
             loss_value = total / len(targets)
             progress(f"epoch {epoch + 1}/{config.epochs}: loss {loss_value:.3f}")
-        self.tail.eval()
+        self._trained_tail = copy.deepcopy(self.tail.state_dict())
+        self.blend(config.fine_tuned_weight)
         return {
             "training_images": len(targets),
             "products": len(classes),
@@ -251,6 +256,21 @@ class FineTuner:
             "train_s": round(time.monotonic() - started, 1),
             "loss": round(loss_value, 4),
         }
+
+    def blend(self, weight: float) -> None:
+        """Set the tail to ``weight`` x the last trained weights + the rest pretrained ones."""
+        import torch
+
+        trained = self._trained_tail
+        self.tail.load_state_dict(
+            {
+                name: torch.lerp(self._initial_tail[name], value, weight)
+                if value.is_floating_point()
+                else value
+                for name, value in trained.items()
+            }
+        )
+        self.tail.eval()
 
     def _train_mode(self) -> None:
         import torch
