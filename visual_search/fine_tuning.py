@@ -47,9 +47,9 @@ class FineTuneConfig:
     batch_size: int = 64
     augmented_views: int = 3  # random crops per image, besides the plain one
     seed: int = 0
-    # The model kept is this mix of the trained and the pretrained tail weights (WiSE-FT): the
-    # pretrained share keeps products the model never learned (single-image ones) apart.
-    fine_tuned_weight: float = 0.85
+    # The model kept is this mix of the trained and the pretrained tail weights (WiSE-FT). 0.85
+    # helped products the model never learned a little and photo search not (docs/benchmarks.md).
+    fine_tuned_weight: float = 1.0
 
 
 def _parts(model: Any, trained_stages: int) -> tuple[Any, Any]:
@@ -262,14 +262,14 @@ class FineTuner:
         import torch
 
         trained = self._trained_tail
-        self.tail.load_state_dict(
-            {
+        if weight != 1.0:
+            trained = {
                 name: torch.lerp(self._initial_tail[name], value, weight)
                 if value.is_floating_point()
                 else value
                 for name, value in trained.items()
             }
-        )
+        self.tail.load_state_dict(trained)
         self.tail.eval()
 
     def _train_mode(self) -> None:
