@@ -70,8 +70,8 @@ def shop_the_look(
         {
             "item": item,
             "product": item.product,
-            "x": round((item.left + item.right) * 50, 2),
-            "y": round((item.top + item.bottom) * 50, 2),
+            "x": round(item.centre[0], 2),
+            "y": round(item.centre[1], 2),
             "box": [
                 round(item.left * 100, 2),
                 round(item.top * 100, 2),
