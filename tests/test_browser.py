@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from playwright.sync_api import expect
 
 from tests.conftest import REPO, grocery_photos
 from visual_search import services
@@ -70,6 +71,13 @@ def page(shop):
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
+def submit(page, selector: str) -> None:
+    """Click a button that posts a form and wait for the whole answer page: click() itself
+    returns as soon as the next page starts loading, before all of it is parsed."""
+    page.click(selector)
+    page.wait_for_load_state()
+
+
 def screenshot(page, name: str) -> None:
     page.wait_for_load_state("networkidle")
     page.evaluate(  # lazy images load when scrolled near: scroll through the page first
@@ -87,7 +95,7 @@ def test_search_by_an_unseen_in_store_photo(page, shop):
     page.set_input_files("#image", str(photo))
     page.wait_for_selector("#preview:not([hidden])")
     screenshot(page, "search-preview")
-    page.click("button[type=submit]")
+    submit(page, "button[type=submit]")
     page.wait_for_selector("#results")
     names = page.locator("#results .card-name").all_inner_texts()
     assert "Arla Standard Milk" in names[:3], names
@@ -107,7 +115,7 @@ def test_crop_box_drawn_on_the_preview_is_sent(page, shop):
     value = page.input_value("#box")
     left, top, right, bottom = (int(v) for v in value.split(","))
     assert 0 < left < right and 0 < top < bottom
-    page.click("button[type=submit]")
+    submit(page, "button[type=submit]")
     page.wait_for_selector("#results")
     assert "Banana" in page.locator("#results .card-name").all_inner_texts()[:3]
 
@@ -127,12 +135,13 @@ def test_catalogue_filters_and_text_search(page, shop):
     page.goto(f"{shop}/")
     assert page.locator("#products .card").count() == len(CLASSES)
     page.click("nav.categories >> text=Milk")
+    expect(page.locator("#products .card-name")).to_have_count(len(MILK) + 1)
     assert set(page.locator("#products .card-name").all_inner_texts()) == MILK | {
         "Arla Standard Milk"
     }
     page.fill("#q", "kiwi")
     page.press("#q", "Enter")
-    assert page.locator("#products .card-name").all_inner_texts() == ["Kiwi"]
+    expect(page.locator("#products .card-name")).to_have_text(["Kiwi"])
     page.goto(f"{shop}/")
     assert page.locator("a[href='/admin/']").is_visible()
     screenshot(page, "catalogue")
@@ -143,7 +152,7 @@ def test_an_unusable_file_shows_a_helpful_message(page, shop, tmp_path):
     fake.write_text("this is a text file, not a photo")
     page.goto(f"{shop}/search/")
     page.set_input_files("#image", str(fake))
-    page.click("button[type=submit]")
+    submit(page, "button[type=submit]")
     error = page.locator("#search-error")
     error.wait_for()
     assert "could not use that file" in error.inner_text()
@@ -162,7 +171,7 @@ def test_shop_the_look_page(page, shop, tmp_path):
     canvas.save(look, "JPEG")
     page.goto(f"{shop}/look/")
     page.set_input_files("#look-image", str(look))
-    page.click("#look-form button[type=submit]")
+    submit(page, "#look-form button[type=submit]")
     page.wait_for_selector("#look-result")
     boxes = page.locator(".look-box")
     assert boxes.count() >= 1
@@ -198,10 +207,10 @@ def test_merchant_reviews_suggested_hotspots_in_the_admin(page, shop, tmp_path, 
     page.goto(f"{shop}/admin/login/?next=/admin/visual_search/look/add/")
     page.fill("#id_username", "merchant")
     page.fill("#id_password", "pw")
-    page.click("input[type=submit]")
+    submit(page, "input[type=submit]")
     page.fill("#id_title", "Breakfast")
     page.set_input_files("#id_image", str(upload))
-    page.click("input[name=_continue]")
+    submit(page, "input[name=_continue]")
     assert "suggested hotspot(s)" in page.locator("ul.messagelist").inner_text()
     look = Look.objects.get(title="Breakfast")
     suggested = list(look.items.order_by("position"))
@@ -218,7 +227,7 @@ def test_merchant_reviews_suggested_hotspots_in_the_admin(page, shop, tmp_path, 
     assert candidate.get_attribute("aria-pressed") == "true"
     page.uncheck("#id_items-0-suggested")
     page.check("#id_items-1-DELETE")
-    page.click("input[name=_continue]")
+    submit(page, "input[name=_continue]")
     assert page.locator(".errorlist").count() == 0
     items = list(look.items.order_by("position"))
     assert len(items) == len(suggested) - 1
@@ -228,7 +237,7 @@ def test_merchant_reviews_suggested_hotspots_in_the_admin(page, shop, tmp_path, 
     # A box the wrong way round is refused with the form's message, and nothing is saved.
     page.fill("#id_items-0-left", "0.9")
     page.fill("#id_items-0-right", "0.1")
-    page.click("input[name=_continue]")
+    submit(page, "input[name=_continue]")
     page.locator(".errornote").wait_for()
     assert "0 <= left < right <= 1" in page.locator("#items-group .errorlist").inner_text()
     items[0].refresh_from_db()
