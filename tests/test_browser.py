@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
 from playwright.sync_api import expect
 
 from tests.conftest import REPO, grocery_photos
@@ -67,6 +68,9 @@ def page(shop):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         yield page
+        # The test's own queries ran under Playwright's loop, on a connection of that context
+        # which pytest-django does not close; left open, it blocks dropping the test database.
+        connections.close_all()
         browser.close()
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
