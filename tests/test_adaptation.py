@@ -9,8 +9,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from visual_search import services
-from visual_search.models import EmbeddingSpace, ProductEmbedding
+from visual_search import adaptation_runs, services
+from visual_search.models import AdaptationRun, EmbeddingSpace, ProductEmbedding
 from visual_search.spaces import query_space
 
 pytestmark = pytest.mark.django_db
@@ -79,6 +79,10 @@ def test_adapt_checks_on_held_out_images_then_switches_and_reverts(
     assert query_space().name == base.name
     run("--activate", adapted.name)
     assert query_space().name == adapted.name
+    # The adaptation is recorded with its outcome.
+    record = AdaptationRun.objects.get()
+    assert (record.state, record.method, record.space) == ("switched", "whitening", adapted)
+    assert record.message.startswith(f"Queries now run in {adapted.name}; held-out R@1")
 
 
 def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces(
@@ -156,6 +160,46 @@ def test_adaptation_that_is_not_better_is_refused(labelled_catalogue):
         run("--method", "whitening", "--dims", "1")
     assert not EmbeddingSpace.objects.filter(base__isnull=False).exists()
     assert query_space().base_id is None
+    record = AdaptationRun.objects.get()
+    assert record.state == "refused" and "not better" in record.message and record.space is None
+
+
+def test_one_adaptation_at_a_time_and_a_dead_one_does_not_block(labelled_catalogue):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    alive = adaptation_runs.request_run("whitening")
+    with pytest.raises(CommandError, match="already queued"):
+        run("--method", "whitening", "--dims", "19")
+    # Its worker died: no progress for longer than STALE_AFTER.
+    AdaptationRun.objects.filter(pk=alive.pk).update(
+        updated_at=timezone.now() - adaptation_runs.STALE_AFTER - timedelta(minutes=1)
+    )
+    assert adaptation_runs.is_stalled(AdaptationRun.objects.get(pk=alive.pk))
+    run("--method", "whitening", "--dims", "19", "--no-activate")
+    assert AdaptationRun.objects.order_by("-created_at").first().state == "built"
+
+
+def test_an_interrupted_adaptation_is_recorded_as_failed(labelled_catalogue, admin_client):
+    record = adaptation_runs.request_run("whitening")
+
+    def interrupt(message: str) -> None:
+        if "learning on" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        adaptation_runs.execute(record, progress=interrupt)
+    record.refresh_from_db()
+    assert record.state == "failed" and record.message == "KeyboardInterrupt"
+    assert record.progress.endswith("ready images in " + query_space().name)
+    assert adaptation_runs.running_run() is None
+    # The history in the admin, read-only.
+    listing = admin_client.get("/admin/visual_search/adaptationrun/").content.decode()
+    assert "KeyboardInterrupt" in listing and "Failed" in listing
+    detail = admin_client.get(f"/admin/visual_search/adaptationrun/{record.pk}/change/")
+    assert detail.status_code == 200 and "ready images in" in detail.content.decode()
+    assert "_save" not in detail.content.decode()
 
 
 def test_too_few_labelled_images_is_a_clear_error(make_product, photos):
@@ -170,6 +214,7 @@ def test_admin_button_adapts_in_a_worker(
     client, celery_worker, labelled_catalogue, django_user_model
 ):
     from django.contrib.auth.models import Permission
+    from django.utils.html import escape
 
     from tests.conftest import wait_for
 
@@ -181,17 +226,39 @@ def test_admin_button_adapts_in_a_worker(
     url = "/admin/visual_search/productembedding/status/"
     response = client.post(url, {"action": "adapt"}, follow=True)
     assert "Adaptation queued" in response.content.decode()
+    # While it is queued or running, the page says so, reloads itself, and a second click is
+    # refused instead of training beside the first.
+    page = client.get(url).content.decode()
+    assert 'http-equiv="refresh"' in page and "vs-adaptations" in page
+    second = client.post(url, {"action": "adapt"}, follow=True).content.decode()
+    assert "An adaptation is already" in second and AdaptationRun.objects.count() == 1
     adapted = wait_for(
         lambda: EmbeddingSpace.objects.filter(base__isnull=False, is_active=True).first(),
         what="the worker to adapt and switch",
         log=celery_worker,
     )
+    record = wait_for(
+        lambda: AdaptationRun.objects.filter(state="switched").first(),
+        what="the run's outcome",
+        log=celery_worker,
+    )
+    assert record.space == adapted
     page = client.get(url).content.decode()
     assert (
         adapted.name in page and "(active: queries run here)" in page and "held-out images" in page
     )
+    assert "Switched on" in page and escape(record.message) in page
+    assert 'http-equiv="refresh"' not in page
     client.post(url, {"action": "revert"})
     assert not EmbeddingSpace.objects.filter(is_active=True).exists()
+    # Back to it with the space's own button; a space that is not there is an error.
+    page = client.get(url).content.decode()
+    assert f'name="space" value="{adapted.name}"' in page
+    client.post(url, {"action": "activate", "space": adapted.name})
+    assert query_space() == adapted
+    wrong = client.post(url, {"action": "activate", "space": "nope"}, follow=True)
+    assert "No adapted space &#x27;nope&#x27;" in wrong.content.decode()
+    assert query_space() == adapted
 
 
 def test_calibrated_confidence_lets_the_api_say_no_match(labelled_catalogue, photos, settings):

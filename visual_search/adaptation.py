@@ -170,7 +170,7 @@ def recall(
 
 @dataclass
 class Adaptation:
-    space: EmbeddingSpace | None
+    space: EmbeddingSpace
     report: dict[str, Any]
     activated: bool
 
@@ -392,7 +392,7 @@ def _learn_fine_tuning(
     # adapting (benchmarks/adaptation.py --folds --studio-classes).
     products, counts = np.unique(added_labels, return_counts=True)
     several = np.isin(added_labels, products[counts >= 2])
-    details = tuner.train(check_fit & several, progress)
+    details = tuner.train(check_fit & several, lambda line: progress(f"check model: {line}"))
     details["single_image_products"] = int((counts < 2).sum())
 
     def refit(progress: Callable[[str], None]) -> None:
@@ -401,7 +401,7 @@ def _learn_fine_tuning(
         # (training again on the held-out images too doubled the time for the same val R@1).
         if check_strangers.any():
             progress("training the model to store, on every image")
-            tuner.train(several, progress)
+            tuner.train(several, lambda line: progress(f"model to store: {line}"))
         learned.weights = tuner.state_bytes()
 
     stages = tuner.config.trained_stages

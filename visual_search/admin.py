@@ -7,17 +7,24 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import models
+from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
 
-from visual_search import services
+from visual_search import adaptation_runs, services
 from visual_search.admin_actions import can_reindex, queue_and_report
 from visual_search.indexing import index_state
-from visual_search.models import EmbeddingSpace, Look, LookItem, ProductEmbedding
+from visual_search.models import (
+    AdaptationRun,
+    AdaptationState,
+    EmbeddingSpace,
+    Look,
+    LookItem,
+    ProductEmbedding,
+)
 from visual_search.models_registry import get_product_model
 
 
@@ -96,18 +103,35 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
 
     def _queue_adaptation(self, request: HttpRequest) -> None:
         try:
-            from visual_search.tasks import adapt_task
-
-            adapt_task.apply_async(retry=True, retry_policy={"max_retries": 1, "interval_start": 0})
-        except Exception as exc:
-            self.message_user(request, f"Could not queue the adaptation: {exc}", messages.ERROR)
+            run = adaptation_runs.request_run()
+        except adaptation_runs.AdaptationBusy as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+            return
+        # The worker reads the run: queue once it is committed (at once, outside a transaction).
+        transaction.on_commit(lambda: adaptation_runs.send(run))
+        if run.state == AdaptationState.FAILED:
+            self.message_user(request, f"Adaptation not queued: {run.message}", messages.ERROR)
             return
         self.message_user(
             request,
             "Adaptation queued: a worker learns it, checks it on held-out images and switches "
-            "to it only if it is better. Reload this page in a minute for the report.",
+            "to it only if it is better. This page shows its progress and outcome.",
             messages.SUCCESS,
         )
+
+    def _activate(self, request: HttpRequest, name: str) -> None:
+        from visual_search.adaptation import switch
+        from visual_search.spaces import get_current_space
+
+        base = get_current_space()
+        space = base and EmbeddingSpace.objects.filter(name=name, base=base).first()
+        if space is None:
+            self.message_user(
+                request, f"No adapted space {name!r} of the current encoder.", messages.ERROR
+            )
+            return
+        switch(space)
+        self.message_user(request, f"Queries run in {space.name} now.", messages.SUCCESS)
 
     def get_urls(self) -> list:
         info = self.model._meta.app_label, self.model._meta.model_name
@@ -134,6 +158,8 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
 
                 switch(None)
                 self.message_user(request, "Queries run in the base space again.", messages.SUCCESS)
+            elif action == "activate":
+                self._activate(request, request.POST.get("space", ""))
             else:
                 pks = list(services.products_to_reindex("missing")) + list(
                     services.products_to_reindex("failed")
@@ -146,8 +172,39 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
             "opts": self.model._meta,
             "report": services.status_report(),
             "can_reindex": can_reindex(request),
+            "runs": [
+                (run, adaptation_runs.is_stalled(run)) for run in AdaptationRun.objects.all()[:5]
+            ],
+            "adapting": adaptation_runs.running_run() is not None,
         }
         return TemplateResponse(request, "admin/visual_search/status.html", context)
+
+
+@admin.register(AdaptationRun)
+class AdaptationRunAdmin(admin.ModelAdmin):
+    """The history of catalogue adaptations; they are started from the index status page."""
+
+    list_display = ["created_at", "method", "state", "space", "outcome"]
+    list_filter = ["state", "method"]
+    readonly_fields = [
+        "method",
+        "state",
+        "space",
+        "progress",
+        "message",
+        "created_at",
+        "updated_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="progress and outcome")
+    def outcome(self, run: AdaptationRun) -> str:
+        return (run.progress if run.unfinished else run.message)[:160]
 
 
 @admin.register(EmbeddingSpace)

@@ -73,6 +73,50 @@ class SpaceWeights(models.Model):
         return f"{self.space_id} ({self.sha256[:12]})"
 
 
+class AdaptationState(models.TextChoices):
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    SWITCHED = "switched", _("Switched on")
+    BUILT = "built", _("Built, not switched on")
+    REFUSED = "refused", _("Refused")
+    FAILED = "failed", _("Failed")
+
+
+class AdaptationRun(models.Model):
+    """One requested catalogue adaptation (admin button or command): the admin shows whether
+    one is queued or running and its last progress line, and keeps a refusal or a crash in the
+    worker visible instead of in a log only."""
+
+    method = models.CharField(_("method"), max_length=20)
+    state = models.CharField(
+        _("state"), max_length=10, choices=AdaptationState.choices, default=AdaptationState.QUEUED
+    )
+    progress = models.TextField(_("last progress"), blank=True)
+    message = models.TextField(_("outcome"), blank=True)
+    space = models.ForeignKey(
+        EmbeddingSpace,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("adapted space"),
+    )
+    created_at = models.DateTimeField(_("requested"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("last change"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("adaptation run")
+        verbose_name_plural = _("adaptation runs")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.method} adaptation of {self.created_at:%Y-%m-%d %H:%M} ({self.state})"
+
+    @property
+    def unfinished(self) -> bool:
+        return self.state in (AdaptationState.QUEUED, AdaptationState.RUNNING)
+
+
 class EmbeddingStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     READY = "ready", _("Ready")

@@ -46,13 +46,16 @@ def reindex_task(which: str = "missing") -> int:
 
 
 @shared_task(name="visual_search.adapt", ignore_result=True)
-def adapt_task(method: str | None = None, dims: int = 80, shrink: float = 0.1) -> dict[str, Any]:
-    """Learn and (if better on held-out images) switch on an adapted space; the report is
-    stored on the new space and shown on the admin's index status page."""
-    from visual_search import adaptation
+def adapt_task(run_id: int, dims: int = 80, shrink: float = 0.1) -> dict[str, Any]:
+    """Learn and (if better on held-out images) switch on an adapted space for the run that
+    the admin requested; its progress and outcome are kept on the run, the report on the new
+    space, and both are shown on the admin's index status page."""
+    from visual_search import adaptation, adaptation_runs
+    from visual_search.models import AdaptationRun
 
+    run = AdaptationRun.objects.get(pk=run_id)
     try:
-        result = adaptation.adapt(method=method, dims=dims, shrink=shrink, progress=logger.info)
+        result = adaptation_runs.execute(run, dims=dims, shrink=shrink, progress=logger.info)
     except adaptation.AdaptationRefused as exc:
         logger.warning("Catalogue adaptation refused: %s", exc)
         return {"refused": str(exc)}

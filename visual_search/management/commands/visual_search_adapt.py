@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from visual_search import adaptation
+from visual_search import adaptation, adaptation_runs
 from visual_search.models import EmbeddingSpace
 
 
@@ -63,8 +63,12 @@ class Command(BaseCommand):
         if dims < 1 or not 0 <= shrink < 1 or (epochs is not None and epochs < 1):
             raise CommandError("--dims and --epochs must be >= 1 and --shrink in [0, 1).")
         try:
-            result = adaptation.adapt(
-                method=method,
+            run = adaptation_runs.request_run(method)
+        except adaptation_runs.AdaptationBusy as exc:
+            raise CommandError(str(exc))
+        try:
+            result = adaptation_runs.execute(
+                run,
                 epochs=epochs,
                 dims=dims,
                 shrink=shrink,
