@@ -281,6 +281,22 @@ def main() -> None:
             **summary(ranks(queries, query_labels, studio, studio_labels)),
         }
     )
+    for dims in [int(d) for d in args.dims.split(",")]:
+        mean, projection = learned_whitening(gallery, gallery_labels, dims, args.shrink)
+        rows.append(
+            {
+                "gallery": "studio only",
+                "transform": f"whitening d={dims} (same products' photos)",
+                **summary(
+                    ranks(
+                        project(queries, mean, projection),
+                        query_labels,
+                        project(studio, mean, projection),
+                        studio_labels,
+                    )
+                ),
+            }
+        )
     rng = np.random.default_rng(0)
     folds = np.array_split(rng.permutation(np.unique(studio_labels)), 5)
     for dims in [int(d) for d in args.dims.split(",")]:
