@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
+from django.utils import timezone
 
 from tests.conftest import wait_for
 from visual_search.admin_actions import reindex_selected_products
@@ -53,6 +56,14 @@ def test_status_page(client, catalogue, staff, make_product):
     assert 'id="vs-missing">1<' in page
     assert "valid (" in page  # the HNSW index exists and is valid
     assert "Reindex missing and failed" not in page  # no permission: no button
+    assert 'id="vs-stuck"' not in page
+    # Embeddings that wait for longer than a worker would take: say where to look.
+    ProductEmbedding.objects.filter(product_id=catalogue["Kiwi"].pk).update(
+        status="pending", updated_at=timezone.now() - timedelta(minutes=11)
+    )
+    page = client.get(reverse("admin:visual_search_productembedding_status")).content.decode()
+    assert "1 embedding(s) have been pending since" in page
+    assert "check that a Celery worker is running" in page
 
 
 @pytest.mark.django_db(transaction=True)

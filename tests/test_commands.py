@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from visual_search import services
 from visual_search.indexing import index_state
@@ -59,6 +61,12 @@ def test_status_and_check(catalogue, make_product):
     out, _ = run("visual_search_status")
     assert "failed: product" in out and "not an image" in out
     with pytest.raises(CommandError, match="1 failed embeddings"):
+        run("visual_search_status", "--check")
+    # Pending for longer than a worker would take: no worker running?
+    ProductEmbedding.objects.filter(status="ready").update(
+        status="pending", updated_at=timezone.now() - timedelta(hours=1)
+    )
+    with pytest.raises(CommandError, match="4 embeddings pending since"):
         run("visual_search_status", "--check")
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Count, Q
+from django.db.models import Count, Min, Q
+from django.utils import timezone
 
 from visual_search.adaptation import encode_in, is_fine_tuned, space_encoder
 from visual_search.calibration import result_confidences
@@ -436,6 +438,19 @@ def _evaluation(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+# Pending this long, an embedding is probably waiting for a worker that is not running (a
+# large backlog also takes long: the page says to look whether the number falls).
+STUCK_PENDING_AFTER = timedelta(minutes=10)
+
+
+def stuck_pending() -> dict[str, Any] | None:
+    """How many embeddings have been pending longer than STUCK_PENDING_AFTER, and since when."""
+    stuck = ProductEmbedding.objects.filter(
+        status=EmbeddingStatus.PENDING, updated_at__lt=timezone.now() - STUCK_PENDING_AFTER
+    ).aggregate(count=Count("id"), since=Min("updated_at"))
+    return stuck if stuck["count"] else None
+
+
 def status_report() -> dict[str, Any]:
     """What the status page and the status command show."""
     current = current_space_name()
@@ -469,6 +484,7 @@ def status_report() -> dict[str, Any]:
             .order_by("-updated_at")[:10]
         ),
         "runtime": vs_settings.ENCODER.get("RUNTIME"),
+        "stuck_pending": stuck_pending(),
     }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from visual_search.indexing import IndexState
 from visual_search.services import status_report
@@ -44,6 +45,11 @@ class Command(BaseCommand):
             self.stdout.write(f"  failed: product {row.product_id}, {row.image_key}: {row.error}")
         if report["missing"]:
             problems.append(f"{report['missing']} products not embedded")
+        if stuck := report["stuck_pending"]:
+            since = timezone.localtime(stuck["since"])
+            line = f"{stuck['count']} embeddings pending since {since:%Y-%m-%d %H:%M}"
+            self.stdout.write(f"{line}: is a Celery worker running?")
+            problems.append(line)
         if check and problems:
             raise CommandError("; ".join(problems))
 
