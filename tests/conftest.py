@@ -130,6 +130,21 @@ def celery_worker(
         process.wait()
 
 
+@pytest.fixture
+def broker_down() -> Iterator[None]:
+    """The Celery app pointed at a broker that is not there, for the test's duration."""
+    from shop_demo.celery import app
+
+    original = app.conf.broker_url
+    app.conf.broker_url = "redis+socket:///nonexistent/redis.sock"
+    app._pool = None
+    app.amqp._producer_pool = None
+    yield
+    app.conf.broker_url = original
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 def wait_for(
     predicate: Callable[[], Any],
     *,

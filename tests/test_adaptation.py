@@ -261,6 +261,23 @@ def test_admin_button_adapts_in_a_worker(
     assert query_space() == adapted
 
 
+@pytest.mark.django_db(transaction=True)  # on_commit runs at once, as in a plain request
+def test_admin_button_with_the_broker_down_says_so_and_blocks_nothing(
+    admin_client, labelled_catalogue, broker_down
+):
+    url = "/admin/visual_search/productembedding/status/"
+    page = admin_client.post(url, {"action": "adapt"}, follow=True).content.decode()
+    assert "Adaptation not queued: Could not queue it" in page
+    record = AdaptationRun.objects.get()
+    assert record.state == "failed" and record.message.startswith("Could not queue it")
+    assert adaptation_runs.running_run() is None  # a later click may try again
+    assert (
+        "Adaptation not queued"
+        in admin_client.post(url, {"action": "adapt"}, follow=True).content.decode()
+    )
+    assert AdaptationRun.objects.count() == 2
+
+
 def test_calibrated_confidence_lets_the_api_say_no_match(labelled_catalogue, photos, settings):
     from django.core.files.uploadedfile import SimpleUploadedFile
     from rest_framework.test import APIClient
