@@ -179,6 +179,10 @@ def test_one_adaptation_at_a_time_and_a_dead_one_does_not_block(labelled_catalog
     assert adaptation_runs.is_stalled(AdaptationRun.objects.get(pk=alive.pk))
     run("--method", "whitening", "--dims", "19", "--no-activate")
     assert AdaptationRun.objects.order_by("-created_at").first().state == "built"
+    status = io.StringIO()
+    call_command("visual_search_status", stdout=status)
+    assert "Last adaptation (whitening, requested " in status.getvalue()
+    assert "): Built, not switched on: Built tf_efficientnet_lite0/package+" in status.getvalue()
 
 
 def test_an_interrupted_adaptation_is_recorded_as_failed(labelled_catalogue, admin_client):

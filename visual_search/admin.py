@@ -172,10 +172,6 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
             "opts": self.model._meta,
             "report": services.status_report(),
             "can_reindex": can_reindex(request),
-            "runs": [
-                (run, adaptation_runs.is_stalled(run)) for run in AdaptationRun.objects.all()[:5]
-            ],
-            "adapting": adaptation_runs.running_run() is not None,
         }
         return TemplateResponse(request, "admin/visual_search/status.html", context)
 

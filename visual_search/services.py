@@ -18,6 +18,7 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from visual_search.adaptation import encode_in, is_fine_tuned, space_encoder
+from visual_search.adaptation_runs import is_stalled, running_run
 from visual_search.calibration import result_confidences
 from visual_search.conf import vs_settings
 from visual_search.encoders import Encoder, build_encoder, get_encoder
@@ -32,7 +33,7 @@ from visual_search.look import (
     group_regions,
     with_contrast,
 )
-from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
+from visual_search.models import AdaptationRun, EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 from visual_search.pipeline import EmbedReport, embed_products, sync_gallery_rows
 from visual_search.queries import (
@@ -485,6 +486,9 @@ def status_report() -> dict[str, Any]:
         ),
         "runtime": vs_settings.ENCODER.get("RUNTIME"),
         "stuck_pending": stuck_pending(),
+        # The last catalogue adaptations, each with whether it stalled (its worker stopped).
+        "adaptations": [(run, is_stalled(run)) for run in AdaptationRun.objects.all()[:5]],
+        "adapting": running_run() is not None,
     }
 
 

@@ -50,6 +50,14 @@ class Command(BaseCommand):
             line = f"{stuck['count']} embeddings pending since {since:%Y-%m-%d %H:%M}"
             self.stdout.write(f"{line}: is a Celery worker running?")
             problems.append(line)
+        if report["adaptations"]:
+            run, stalled = report["adaptations"][0]
+            detail = run.progress if run.unfinished else run.message
+            self.stdout.write(
+                f"Last adaptation ({run.method}, requested "
+                f"{timezone.localtime(run.created_at):%Y-%m-%d %H:%M}): "
+                f"{run.get_state_display()}{' (stalled)' if stalled else ''}: {detail}"
+            )
         if check and problems:
             raise CommandError("; ".join(problems))
 
