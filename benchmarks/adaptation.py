@@ -30,6 +30,18 @@ def ranks(queries, q_labels, gallery, g_labels):
     return product_ranks(queries, q_labels, gallery, g_labels)
 
 
+def whitened_ranks(transform, queries, query_labels, gallery, gallery_labels) -> np.ndarray:
+    from visual_search.adaptation import apply as project
+
+    mean, projection = transform
+    return ranks(
+        project(queries, mean, projection),
+        query_labels,
+        project(gallery, mean, projection),
+        gallery_labels,
+    )
+
+
 def summary(r: np.ndarray) -> dict:
     return {
         "R@1": float((r <= 1).mean()),
@@ -105,7 +117,6 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
     """The rows of one training, for each blend of its weights with the pretrained ones: the
     whole catalogue, its studio images, whitening on top; with --folds, studio-only search of
     products the model never saw (5 folds, one training each, every blend evaluated)."""
-    from visual_search.adaptation import apply as project
     from visual_search.adaptation import learned_whitening
 
     gallery_labels, query_features, query_labels, studio_labels, folds = data
@@ -116,7 +127,7 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
         name = f"{label}, fine-tuned weight {weight}"
         g = tuner.added_vectors()
         q = tuner.embed_features(query_features)
-        mean, projection = learned_whitening(g, gallery_labels, 80, args.shrink)
+        transform = learned_whitening(g, gallery_labels, 80, args.shrink)
         rows += [
             {
                 "gallery": "studio + photos",
@@ -132,14 +143,7 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
             {
                 "gallery": "studio + photos",
                 "transform": name + " + whitening d=80",
-                **summary(
-                    ranks(
-                        project(q, mean, projection),
-                        query_labels,
-                        project(g, mean, projection),
-                        gallery_labels,
-                    )
-                ),
+                **summary(whitened_ranks(transform, q, query_labels, g, gallery_labels)),
             },
         ]
     if not args.folds:
@@ -215,7 +219,6 @@ def main() -> None:
     django.setup()
     from retrieval import read_classes, read_split
 
-    from visual_search.adaptation import apply as project
     from visual_search.adaptation import learned_whitening
     from visual_search.encoders import get_encoder
     from visual_search.images import load_image
@@ -255,21 +258,17 @@ def main() -> None:
             **summary(ranks(queries, query_labels, gallery, gallery_labels)),
         }
     ]
+    whitening = {}  # dims -> (mean, projection), learned from the whole catalogue
     for dims in [int(d) for d in args.dims.split(",")]:
         t = time.monotonic()
-        mean, projection = learned_whitening(gallery, gallery_labels, dims, args.shrink)
+        whitening[dims] = learned_whitening(gallery, gallery_labels, dims, args.shrink)
         fit = time.monotonic() - t
         rows.append(
             {
                 "gallery": "studio + photos",
                 "transform": f"whitening d={dims}",
                 **summary(
-                    ranks(
-                        project(queries, mean, projection),
-                        query_labels,
-                        project(gallery, mean, projection),
-                        gallery_labels,
-                    )
+                    whitened_ranks(whitening[dims], queries, query_labels, gallery, gallery_labels)
                 ),
                 "fit_s": round(fit, 2),
             }
@@ -281,20 +280,12 @@ def main() -> None:
             **summary(ranks(queries, query_labels, studio, studio_labels)),
         }
     )
-    for dims in [int(d) for d in args.dims.split(",")]:
-        mean, projection = learned_whitening(gallery, gallery_labels, dims, args.shrink)
+    for dims, transform in whitening.items():
         rows.append(
             {
                 "gallery": "studio only",
                 "transform": f"whitening d={dims} (same products' photos)",
-                **summary(
-                    ranks(
-                        project(queries, mean, projection),
-                        query_labels,
-                        project(studio, mean, projection),
-                        studio_labels,
-                    )
-                ),
+                **summary(whitened_ranks(transform, queries, query_labels, studio, studio_labels)),
             }
         )
     rng = np.random.default_rng(0)
@@ -303,17 +294,10 @@ def main() -> None:
         all_ranks = []
         for fold in folds:
             train = ~np.isin(gallery_labels, fold)  # the other products' images only
-            mean, projection = learned_whitening(
-                gallery[train], gallery_labels[train], dims, args.shrink
-            )
+            transform = learned_whitening(gallery[train], gallery_labels[train], dims, args.shrink)
             held = np.isin(query_labels, fold)
             all_ranks.append(
-                ranks(
-                    project(queries[held], mean, projection),
-                    query_labels[held],
-                    project(studio, mean, projection),
-                    studio_labels,
-                )
+                whitened_ranks(transform, queries[held], query_labels[held], studio, studio_labels)
             )
         rows.append(
             {
