@@ -9,7 +9,7 @@ long and race to switch. A run that has made no progress for ``STALE_AFTER`` is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -27,12 +27,17 @@ class AdaptationBusy(Exception):
     """Another adaptation is queued or running."""
 
 
+def _alive_since() -> datetime:
+    """A run last updated before this has stalled."""
+    return timezone.now() - STALE_AFTER
+
+
 def running_run() -> AdaptationRun | None:
     """The unfinished run that still shows signs of life, if any."""
     return (
         AdaptationRun.objects.filter(
             state__in=[AdaptationState.QUEUED, AdaptationState.RUNNING],
-            updated_at__gte=timezone.now() - STALE_AFTER,
+            updated_at__gte=_alive_since(),
         )
         .order_by("-created_at")
         .first()
@@ -40,7 +45,7 @@ def running_run() -> AdaptationRun | None:
 
 
 def is_stalled(run: AdaptationRun) -> bool:
-    return run.unfinished and run.updated_at < timezone.now() - STALE_AFTER
+    return run.unfinished and run.updated_at < _alive_since()
 
 
 def request_run(method: str | None = None) -> AdaptationRun:

@@ -15,6 +15,7 @@ from django.urls import path
 from django.utils.html import format_html, format_html_join
 
 from visual_search import adaptation_runs, services
+from visual_search.adaptation import switch
 from visual_search.admin_actions import can_reindex, queue_and_report
 from visual_search.indexing import index_state
 from visual_search.models import (
@@ -26,6 +27,7 @@ from visual_search.models import (
     ProductEmbedding,
 )
 from visual_search.models_registry import get_product_model
+from visual_search.spaces import get_current_space
 
 
 class ProductSearchMixin:
@@ -120,9 +122,6 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         )
 
     def _activate(self, request: HttpRequest, name: str) -> None:
-        from visual_search.adaptation import switch
-        from visual_search.spaces import get_current_space
-
         base = get_current_space()
         space = base and EmbeddingSpace.objects.filter(name=name, base=base).first()
         if space is None:
@@ -154,8 +153,6 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
             if action == "adapt":
                 self._queue_adaptation(request)
             elif action == "revert":
-                from visual_search.adaptation import switch
-
                 switch(None)
                 self.message_user(request, "Queries run in the base space again.", messages.SUCCESS)
             elif action == "activate":
@@ -200,7 +197,7 @@ class AdaptationRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress and outcome")
     def outcome(self, run: AdaptationRun) -> str:
-        return (run.progress if run.unfinished else run.message)[:160]
+        return run.latest[:160]
 
 
 @admin.register(EmbeddingSpace)

@@ -116,6 +116,11 @@ class AdaptationRun(models.Model):
     def unfinished(self) -> bool:
         return self.state in (AdaptationState.QUEUED, AdaptationState.RUNNING)
 
+    @property
+    def latest(self) -> str:
+        """Its last progress line while it runs, its outcome once it has ended."""
+        return self.progress if self.unfinished else self.message
+
 
 class EmbeddingStatus(models.TextChoices):
     PENDING = "pending", _("Pending")

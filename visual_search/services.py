@@ -18,7 +18,7 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from visual_search.adaptation import encode_in, is_fine_tuned, space_encoder
-from visual_search.adaptation_runs import is_stalled, running_run
+from visual_search.adaptation_runs import is_stalled
 from visual_search.calibration import result_confidences
 from visual_search.conf import vs_settings
 from visual_search.encoders import Encoder, build_encoder, get_encoder
@@ -454,6 +454,7 @@ def stuck_pending() -> dict[str, Any] | None:
 
 def status_report() -> dict[str, Any]:
     """What the status page and the status command show."""
+    adaptations = [(run, is_stalled(run)) for run in AdaptationRun.objects.all()[:5]]
     current = current_space_name()
     counts = status_counts()
     counts.setdefault(current, {s: 0 for s in EmbeddingStatus.values})
@@ -487,8 +488,9 @@ def status_report() -> dict[str, Any]:
         "runtime": vs_settings.ENCODER.get("RUNTIME"),
         "stuck_pending": stuck_pending(),
         # The last catalogue adaptations, each with whether it stalled (its worker stopped).
-        "adaptations": [(run, is_stalled(run)) for run in AdaptationRun.objects.all()[:5]],
-        "adapting": running_run() is not None,
+        "adaptations": adaptations,
+        # A run in progress blocks new ones, so it is always among the last few.
+        "adapting": any(run.unfinished and not stalled for run, stalled in adaptations),
     }
 
 

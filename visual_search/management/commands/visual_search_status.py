@@ -52,11 +52,10 @@ class Command(BaseCommand):
             problems.append(line)
         if report["adaptations"]:
             run, stalled = report["adaptations"][0]
-            detail = run.progress if run.unfinished else run.message
             self.stdout.write(
                 f"Last adaptation ({run.method}, requested "
                 f"{timezone.localtime(run.created_at):%Y-%m-%d %H:%M}): "
-                f"{run.get_state_display()}{' (stalled)' if stalled else ''}: {detail}"
+                f"{run.get_state_display()}{' (stalled)' if stalled else ''}: {run.latest}"
             )
         if check and problems:
             raise CommandError("; ".join(problems))
