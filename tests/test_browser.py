@@ -104,6 +104,10 @@ def test_search_by_an_unseen_in_store_photo(page, shop):
     names = page.locator("#results .card-name").all_inner_texts()
     assert "Arla Standard Milk" in names[:3], names
     assert page.locator("#results .score").first.inner_text().endswith("% match")
+    # The photo searched stays in view beside its results, without a box when none was drawn.
+    assert page.locator("#searched-photo img").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#searched-photo figcaption").inner_text() == "Your photo"
+    assert page.locator("#searched-box").count() == 0
     screenshot(page, "search-results")
 
 
@@ -122,6 +126,12 @@ def test_crop_box_drawn_on_the_preview_is_sent(page, shop):
     submit(page, "button[type=submit]")
     page.wait_for_selector("#results")
     assert "Banana" in page.locator("#results .card-name").all_inner_texts()[:3]
+    # The box searched is drawn where it was, on the photo shown with the results.
+    frame = page.locator("#searched-photo img").bounding_box()
+    drawn = page.locator("#searched-box").bounding_box()
+    assert drawn["x"] > frame["x"] and drawn["y"] > frame["y"]
+    assert drawn["x"] + drawn["width"] < frame["x"] + frame["width"]
+    assert drawn["width"] > 0.8 * frame["width"] and drawn["height"] > 0.8 * frame["height"]
 
 
 def test_product_page_shows_a_carousel_of_the_same_category(page, shop):

@@ -64,12 +64,12 @@ def search_by_photo(request: HttpRequest) -> HttpResponse:
         if upload is None:
             context["error"] = "Choose a photo of a product first."
         else:
+            box = _box(request.POST.get("box"))
             try:
-                results = services.search_by_image(
-                    upload, k=RESULTS, queryset=products, box=_box(request.POST.get("box"))
-                )
+                results = services.search_by_image(upload, k=RESULTS, queryset=products, box=box)
                 context["results"] = results
                 context["match"] = services.is_match(results, services.min_confidence())
+                context["photo"] = _searched_photo(upload, box)
             except UnusableImage as exc:
                 context["error"] = (
                     f"We could not use that file: {exc} Try a JPEG or PNG photo of the product."
@@ -116,6 +116,21 @@ def _jpeg_base64(picture: Any) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=85)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _searched_photo(upload: Any, box: tuple[float, ...] | None) -> dict[str, Any]:
+    """The photo as it was searched, shown beside its results (the form's file input is empty
+    again after the search): a thumbnail, and the box as shares of the photo."""
+    upload.seek(0)
+    picture = load_image(upload.read())
+    width, height = picture.size
+    picture.thumbnail((480, 480))
+    photo: dict[str, Any] = {"src": "data:image/jpeg;base64," + _jpeg_base64(picture)}
+    if box is not None:
+        left, top = max(box[0], 0) / width * 100, max(box[1], 0) / height * 100
+        right, bottom = min(box[2], width) / width * 100, min(box[3], height) / height * 100
+        photo["box"] = {"left": left, "top": top, "width": right - left, "height": bottom - top}
+    return photo
 
 
 def _box(value: str | None) -> tuple[float, ...] | None:
