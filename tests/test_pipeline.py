@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from django.core.files.base import ContentFile
@@ -79,6 +81,21 @@ def test_bad_image_is_recorded_as_failed_and_not_retried(make_product, content, 
     # A forced retry (reindex --failed) tries again and records it again.
     services.embed_product(product, force=True)
     assert rows(product)[0].attempts == 2
+
+
+def test_an_image_file_gone_from_storage_fails_that_image_only(make_product, photos):
+    """A field whose file was deleted from storage is a failed image, recorded with its reason;
+    the other products embedded with it are not held up (the task does not retry the batch)."""
+    gone = make_product("Gone", photos("train", "Kiwi")[0])
+    kept = make_product("Kept", photos("train", "Lemon")[0])
+    field = gone.photo if hasattr(gone, "photo") else gone.image
+    Path(field.path).unlink()
+    report = services.embed_many([gone.pk, kept.pk])
+    assert report.embedded == 1 and len(report.failed) == 1
+    (row,) = rows(gone)
+    assert row.status == EmbeddingStatus.FAILED and "Image file not found" in row.error
+    assert field.name in row.error
+    assert [r.status for r in rows(kept)] == [EmbeddingStatus.READY]
 
 
 def test_deleting_the_product_removes_its_embeddings(make_product, photos):

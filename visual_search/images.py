@@ -39,19 +39,31 @@ def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
         if size > limit:
             raise UnusableImage(_too_large(size, limit), "too_large")
         data = path.read_bytes()
-    elif hasattr(source, "read"):
-        if hasattr(source, "open") and getattr(source, "closed", False):
-            source.open("rb")
-        if hasattr(source, "seek"):
-            source.seek(0)
-        data = source.read(limit + 1)
     else:
-        raise UnusableImage(f"Cannot read an image from {type(source).__name__}", "unreadable")
+        try:
+            data = _read_file(source, limit)
+        except FileNotFoundError as exc:
+            # A field whose file is gone from storage: as permanent as a missing path. Other
+            # errors (a storage that does not answer) propagate, and the task tries again.
+            name = getattr(source, "name", None) or type(source).__name__
+            raise UnusableImage(f"Image file not found: {name}", "not_found") from exc
     if len(data) > limit:
         raise UnusableImage(_too_large(len(data), limit), "too_large")
     if not data:
         raise UnusableImage("The image file is empty (0 bytes).", "empty")
     return data
+
+
+def _read_file(source: Any, limit: int) -> bytes:
+    # A Django FieldFile opens its storage file on the first attribute it proxies, ``read``
+    # included: even the hasattr below can raise FileNotFoundError.
+    if not hasattr(source, "read"):
+        raise UnusableImage(f"Cannot read an image from {type(source).__name__}", "unreadable")
+    if hasattr(source, "open") and getattr(source, "closed", False):
+        source.open("rb")
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return source.read(limit + 1)
 
 
 def _too_large(size: int, limit: int) -> str:
