@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from visual_search import adaptation_runs, services
+from visual_search.adaptation import AdaptationRefused
 from visual_search.models import AdaptationRun, EmbeddingSpace, ProductEmbedding
 from visual_search.spaces import query_space
 
@@ -162,6 +164,24 @@ def test_adaptation_that_is_not_better_is_refused(labelled_catalogue):
     assert query_space().base_id is None
     record = AdaptationRun.objects.get()
     assert record.state == "refused" and "not better" in record.message and record.space is None
+
+
+def test_an_image_gone_from_storage_refuses_fine_tuning_at_once_and_names_it(
+    labelled_catalogue,
+):
+    """Fine-tuning reads every image again: one that vanished since it was embedded stops the
+    run before any training, with the product and the image that are at fault."""
+    banana = labelled_catalogue["Banana"]
+    Path(banana.gallery.order_by("position").first().image.path).unlink()
+    messages = []
+    with pytest.raises(AdaptationRefused, match="could not be read for fine-tuning") as refused:
+        adaptation_runs.execute(adaptation_runs.request_run("finetune"), progress=messages.append)
+    assert f"of product {banana.pk}" in str(refused.value)
+    assert "Image file not found" in str(refused.value)
+    assert not any("epoch" in line for line in messages)
+    record = AdaptationRun.objects.get()
+    assert record.state == "refused" and "visual_search_reindex --all" in record.message
+    assert query_space().base_id is None
 
 
 def test_one_adaptation_at_a_time_and_a_dead_one_does_not_block(labelled_catalogue):

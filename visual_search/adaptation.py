@@ -379,11 +379,6 @@ def _learn_fine_tuning(
         tuner.add(pictures, labels[index])
         added.extend(index)
         progress(f"training images prepared: {len(added)}/{len(wanted)}")
-    if len(added) < len(wanted):
-        raise AdaptationRefused(
-            f"{len(wanted) - len(added)} catalogue images could not be read for fine-tuning; "
-            "fix or reindex them (visual_search_status lists failed images) and adapt again."
-        )
     added_labels = labels[added]
     check_fit, check_held, check_strangers = fit[added], held[added], strangers[added]
     # Products with a single image are embedded but not learned from: a class seen only in
@@ -422,7 +417,10 @@ def _pictures(
     rows: list[tuple[Any, str, Any]], index: np.ndarray, batch_size: int = 64
 ) -> Iterator[tuple[np.ndarray, list[Image.Image]]]:
     """The pictures of these rows, in batches, read from the products' galleries (scaled
-    down: training crops are 224 px, and a catalogue's images must fit in memory)."""
+    down: training crops are 224 px, and a catalogue's images must fit in memory).
+
+    Refuses at the first image that is gone or unreadable, before minutes of training on a
+    catalogue that is not the one stored."""
     from visual_search.gallery import product_images
     from visual_search.images import load_image, read_bytes
     from visual_search.models_registry import get_product_model
@@ -439,12 +437,16 @@ def _pictures(
             gallery = product_images(product) if product is not None else []
             sources[product_id] = {image.key: image.source for image in gallery}
         source = sources[product_id].get(key)
-        if source is None:
-            continue
         try:
+            if source is None:
+                raise UnusableImage("it is no longer in the product's gallery", "not_found")
             picture = load_image(read_bytes(source))
-        except UnusableImage:
-            continue
+        except UnusableImage as exc:
+            raise AdaptationRefused(
+                f"Image {key!r} of product {product_id} could not be read for fine-tuning "
+                f"({exc}). Fix that image, or run visual_search_reindex --all so that the "
+                "embeddings match the catalogue's images, then adapt again."
+            ) from exc
         picture.thumbnail((384, 384))
         batch.append(i)
         pictures.append(picture)
