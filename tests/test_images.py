@@ -132,3 +132,28 @@ def test_byte_limit(tmp_path):
 
 def test_unusable_image_is_a_value_error():
     assert issubclass(UnusableImage, ValueError)
+
+
+def test_displayed_size_is_the_box_s_pixels_even_when_decoding_is_smaller():
+    """A crop box is in the pixels of the image as displayed; a large JPEG decodes at a reduced
+    scale, so code that draws the box must take the size from displayed_size."""
+    from visual_search.images import displayed_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 2400x1800, displayed 1800x2400
+    data = encode(Image.new("RGB", (2400, 1800), (30, 90, 200)), "JPEG", exif=exif.tobytes())
+    assert displayed_size(data) == (1800, 2400)
+    assert load_image(data).size[0] < 1800
+    with pytest.raises(UnusableImage):
+        displayed_size(b"not an image")
+
+
+@pytest.mark.django_db
+def test_the_demo_s_search_page_draws_the_box_at_its_place_on_a_large_photo(client):
+    data = jpeg_bytes((2400, 1800))
+    upload = io.BytesIO(data)
+    upload.name = "large.jpg"
+    response = client.post("/search/", {"image": upload, "box": "600,0,1800,900"})
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="searched-box" style="left: 25.0%; top: 0.0%; width: 50.0%; height: 50.0%"' in page

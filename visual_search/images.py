@@ -117,6 +117,16 @@ def _decode(data: bytes) -> tuple[Image.Image, float]:
     return image, image.width / full_size[0]
 
 
+def displayed_size(data: bytes) -> tuple[int, int]:
+    """Width and height of encoded image bytes as displayed (EXIF orientation applied): the
+    pixels a crop box is given in, whatever scale ``load_image`` decodes at."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _oriented_size(image)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UnusableImage(f"The image is corrupt or truncated: {exc}", "corrupt") from exc
+
+
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     try:
         orientation = image.getexif().get(0x0112, 1)

@@ -14,7 +14,7 @@ from django.shortcuts import get_object_or_404, render
 from shop_demo.catalog.models import Category, Product
 from visual_search import services
 from visual_search.exceptions import UnusableImage
-from visual_search.images import load_image
+from visual_search.images import displayed_size, load_image
 from visual_search.models import Look
 
 RESULTS = 12
@@ -122,8 +122,9 @@ def _searched_photo(upload: Any, box: tuple[float, ...] | None) -> dict[str, Any
     """The photo as it was searched, shown beside its results (the form's file input is empty
     again after the search): a thumbnail, and the box as shares of the photo."""
     upload.seek(0)
-    picture = load_image(upload.read())
-    width, height = picture.size
+    data = upload.read()
+    width, height = displayed_size(data)  # a large JPEG decodes smaller; the box is in these
+    picture = load_image(data)
     picture.thumbnail((480, 480))
     photo: dict[str, Any] = {"src": "data:image/jpeg;base64," + _jpeg_base64(picture)}
     if box is not None:
