@@ -374,13 +374,13 @@ def _learn_fine_tuning(
     if len(learn_index) > limit:
         learn_index = np.random.default_rng(0).choice(learn_index, limit, replace=False)
     wanted = np.sort(np.concatenate([learn_index, np.flatnonzero(held)]))
-    added: list[int] = []
-    for index, pictures in _pictures(rows, wanted):
+    prepared = 0
+    for index, pictures in _pictures(rows, wanted):  # every one of them, or a refusal
         tuner.add(pictures, labels[index])
-        added.extend(index)
-        progress(f"training images prepared: {len(added)}/{len(wanted)}")
-    added_labels = labels[added]
-    check_fit, check_held, check_strangers = fit[added], held[added], strangers[added]
+        prepared += len(index)
+        progress(f"training images prepared: {prepared}/{len(wanted)}")
+    added_labels = labels[wanted]
+    check_fit, check_held, check_strangers = fit[wanted], held[wanted], strangers[wanted]
     # Products with a single image are embedded but not learned from: a class seen only in
     # its studio shot teaches the model that studio shots are that class, and photos of it
     # were then found first 18 % of the time, against 46 % left out and 39 % before
@@ -437,16 +437,12 @@ def _pictures(
             gallery = product_images(product) if product is not None else []
             sources[product_id] = {image.key: image.source for image in gallery}
         source = sources[product_id].get(key)
+        if source is None:
+            raise _unreadable(product_id, key, "it is no longer in the product's gallery")
         try:
-            if source is None:
-                raise UnusableImage("it is no longer in the product's gallery", "not_found")
             picture = load_image(read_bytes(source))
         except UnusableImage as exc:
-            raise AdaptationRefused(
-                f"Image {key!r} of product {product_id} could not be read for fine-tuning "
-                f"({exc}). Fix that image, or run visual_search_reindex --all so that the "
-                "embeddings match the catalogue's images, then adapt again."
-            ) from exc
+            raise _unreadable(product_id, key, str(exc)) from exc
         picture.thumbnail((384, 384))
         batch.append(i)
         pictures.append(picture)
@@ -455,6 +451,14 @@ def _pictures(
             batch, pictures = [], []
     if batch:
         yield np.array(batch), pictures
+
+
+def _unreadable(product_id: Any, key: str, reason: str) -> AdaptationRefused:
+    return AdaptationRefused(
+        f"Image {key!r} of product {product_id} could not be read for fine-tuning ({reason}). "
+        "Fix that image, or run visual_search_reindex --all so that the embeddings match the "
+        "catalogue's images, then adapt again."
+    )
 
 
 def _store_space(

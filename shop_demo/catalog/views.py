@@ -96,7 +96,7 @@ def shop_the_look_page(request: HttpRequest) -> HttpResponse:
                 context["error"] = f"We could not use that file: {exc}"
             else:
                 width, height = picture.size
-                context["photo"] = "data:image/jpeg;base64," + _jpeg_base64(picture)
+                context["photo"] = _jpeg_data_url(picture)
                 context["groups"] = [
                     {
                         "number": index,
@@ -112,10 +112,11 @@ def shop_the_look_page(request: HttpRequest) -> HttpResponse:
     return render(request, "catalog/look.html", context, status=status)
 
 
-def _jpeg_base64(picture: Any) -> str:
+def _jpeg_data_url(picture: Any) -> str:
+    """The photo inline in the page: an upload is not stored anywhere it could be served from."""
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=85)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _searched_photo(upload: Any, box: tuple[float, ...] | None) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def _searched_photo(upload: Any, box: tuple[float, ...] | None) -> dict[str, Any
     width, height = displayed_size(data)  # a large JPEG decodes smaller; the box is in these
     picture = load_image(data)
     picture.thumbnail((480, 480))
-    photo: dict[str, Any] = {"src": "data:image/jpeg;base64," + _jpeg_base64(picture)}
+    photo: dict[str, Any] = {"src": _jpeg_data_url(picture)}
     if box is not None:
         left, top = max(box[0], 0) / width * 100, max(box[1], 0) / height * 100
         right, bottom = min(box[2], width) / width * 100, min(box[3], height) / height * 100
