@@ -7,6 +7,8 @@ frozen early stages run once per training image and view (their feature maps are
 memory at half precision), and only the late, low-resolution stages are trained, with a
 cosine classifier over the catalogue's products (normalised softmax with one learned proxy
 per product). Batch-norm statistics stay frozen: catalogues are small and batches are mixed.
+The tail runs in channels-last memory format: on a 2-core CPU it trains in 0.58x the time of
+the default layout, with the same arithmetic (docs/benchmarks.md).
 
 Supported: timm EfficientNet-family models (``conv_stem``, ``bn1``, ``blocks``,
 ``conv_head``, ``bn2``), which includes the default EfficientNet-Lite0.
@@ -93,9 +95,11 @@ def _transforms(model: Any) -> tuple[Any, Any, tuple[int, ...]]:
 
 
 def _pool(tail: Any, features: Any) -> Any:
+    import torch
     import torch.nn.functional as F
 
-    return F.normalize(tail(features.float()).mean((2, 3)), dim=1)
+    pixels = features.float().contiguous(memory_format=torch.channels_last)
+    return F.normalize(tail(pixels).mean((2, 3)), dim=1)
 
 
 class FineTuner:
@@ -110,6 +114,7 @@ class FineTuner:
         self.model = model
         self.config = config
         self.trunk, self.tail = _parts(model, config.trained_stages)
+        self.tail.to(memory_format=torch.channels_last)
         self.plain, self.augmented, self.input_size = _transforms(model)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.views: list[list[Any]] = [[] for _ in range(1 + config.augmented_views)]
@@ -281,9 +286,11 @@ class FineTuner:
                 module.eval()
 
     def state_bytes(self) -> bytes:
-        """The whole model's state dict in timm's names, as ``torch.save`` bytes."""
+        """The whole model's state dict in timm's names, as ``torch.save`` bytes (in the
+        default memory layout, as any loader expects)."""
         import torch
 
+        state = {name: value.contiguous() for name, value in self.model.state_dict().items()}
         buffer = io.BytesIO()
-        torch.save(self.model.state_dict(), buffer)
+        torch.save(state, buffer)
         return buffer.getvalue()
