@@ -7,7 +7,7 @@ frozen early stages run once per training image and view (their feature maps are
 memory at half precision), and only the late, low-resolution stages are trained, with a
 cosine classifier over the catalogue's products (normalised softmax with one learned proxy
 per product). Batch-norm statistics stay frozen: catalogues are small and batches are mixed.
-The tail runs in channels-last memory format: on a 2-core CPU it trains in 0.58x the time of
+The tail runs in channels-last memory format: on a 2-core Xeon it trains in 0.57x the time of
 the default layout, with the same arithmetic (docs/benchmarks.md).
 
 Supported: timm EfficientNet-family models (``conv_stem``, ``bn1``, ``blocks``,
