@@ -98,8 +98,8 @@ def _pool(tail: Any, features: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    pixels = features.float().contiguous(memory_format=torch.channels_last)
-    return F.normalize(tail(pixels).mean((2, 3)), dim=1)
+    maps = features.float().contiguous(memory_format=torch.channels_last)
+    return F.normalize(tail(maps).mean((2, 3)), dim=1)
 
 
 class FineTuner:
@@ -286,11 +286,9 @@ class FineTuner:
                 module.eval()
 
     def state_bytes(self) -> bytes:
-        """The whole model's state dict in timm's names, as ``torch.save`` bytes (in the
-        default memory layout, as any loader expects)."""
+        """The whole model's state dict in timm's names, as ``torch.save`` bytes."""
         import torch
 
-        state = {name: value.contiguous() for name, value in self.model.state_dict().items()}
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(self.model.state_dict(), buffer)
         return buffer.getvalue()
