@@ -98,7 +98,7 @@ def _pool(tail: Any, features: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    maps = features.float().contiguous(memory_format=torch.channels_last)
+    maps = features.to(torch.float32, memory_format=torch.channels_last)
     return F.normalize(tail(maps).mean((2, 3)), dim=1)
 
 
