@@ -430,3 +430,40 @@ def test_the_model_kept_is_the_trained_tail_blended_with_the_pretrained_one():
     torch.testing.assert_close(stored, pretrained + 0.85 * (trained - pretrained))
     tuner.blend(0.0)
     torch.testing.assert_close(model.state_dict()[name], pretrained)
+
+
+def test_training_folds_each_frozen_batch_norm_into_its_convolution_exactly():
+    """The folding is a speed-up only: the tail computes the same vectors and gradients with
+    it, for batch norms that are not the identity, and is left as it was afterwards."""
+    import timm
+    import torch
+
+    from visual_search.fine_tuning import _conv_norm_pairs, _norms_folded, _parts
+
+    torch.manual_seed(0)
+    trunk, tail = _parts(timm.create_model("tf_efficientnet_lite0", pretrained=False), 2)
+    norms = [m for m in tail.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.running_mean.normal_(0, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+        torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    assert len(list(_conv_norm_pairs(tail))) == len(norms) == 16
+    with torch.no_grad():
+        features = trunk(torch.randn(2, 3, 96, 96))
+    tail.eval()
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tail.zero_grad()
+        out = tail(features).mean((2, 3))
+        out.pow(2).sum().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in tail.named_parameters()}
+
+    plain_out, plain_grads = run()
+    with _norms_folded(tail):
+        folded_out, folded_grads = run()
+    torch.testing.assert_close(folded_out, plain_out, rtol=1e-4, atol=1e-5)
+    for name, grad in plain_grads.items():  # float rounding only, in each whole gradient
+        assert (folded_grads[name] - grad).norm() <= 1e-4 * grad.norm(), name
+    assert not any("forward" in vars(module) for module in tail.modules())
+    assert not torch.equal(run()[0], torch.zeros_like(plain_out))
