@@ -99,7 +99,7 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     services.embed_product(single)
     base = query_space()
     out = run("--method", "finetune", "--epochs", "3")
-    assert "epoch 3/3" in out and "encoded" in out
+    assert "epoch 3/3" in out and "vectors without reading the images again" in out
     adapted = query_space()
     assert adapted.base_id == base.name and adapted.dimension == base.dimension
     assert SpaceWeights.objects.filter(space=adapted).exists()
@@ -155,6 +155,45 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     run("--revert")
     assert query_space() == base
     assert services.search_by_image(photos("val", "Kiwi")[0], k=1)[0].product in (kiwi, fresh)
+
+
+def test_fine_tuning_stores_the_vectors_it_computed_and_catches_up_with_changes(
+    labelled_catalogue, make_product, photos
+):
+    """The new space's vectors come from the early-stage features kept for training, not
+    from reading every image again: they must be what the pipeline would have stored. A
+    product added or deleted while the model learns is caught up with."""
+    from visual_search.adaptation import adapt, space_encoder
+    from visual_search.gallery import product_images
+    from visual_search.images import load_image, read_bytes
+
+    gone = labelled_catalogue["Nectarine"]
+    late: list = []
+
+    def progress(line: str) -> None:
+        if "check model: epoch 1/" in line:  # after the snapshot of the catalogue
+            late.append(make_product("Kiwi late", photos("val", "Kiwi")[0]))
+            services.embed_product(late[0])
+            gone.delete()
+
+    lines: list[str] = []
+    space = adapt(
+        method="finetune",
+        epochs=2,
+        force=True,
+        progress=lambda line: (lines.append(line), progress(line)),
+    ).space
+    assert late and any("2 products changed while learning" in line for line in lines)
+    assert not ProductEmbedding.objects.filter(space=space, product_id=gone.pk).exists()
+    stored = ProductEmbedding.objects.get(space=space, product_id=late[0].pk)
+    encoder = space_encoder(space)
+    expected = encoder.encode([load_image(photos("val", "Kiwi")[0])])[0]
+    assert float(np.asarray(stored.embedding) @ expected) > 0.999
+    lemon = labelled_catalogue["Lemon"]
+    for image in product_images(lemon):
+        row = ProductEmbedding.objects.get(space=space, product_id=lemon.pk, image_key=image.key)
+        expected = encoder.encode([load_image(read_bytes(image.source))])[0]
+        assert float(np.asarray(row.embedding) @ expected) > 0.999
 
 
 def test_adaptation_that_is_not_better_is_refused(labelled_catalogue):
@@ -453,17 +492,17 @@ def test_training_folds_each_frozen_batch_norm_into_its_convolution_exactly():
         features = trunk(torch.randn(2, 3, 96, 96))
     tail.eval()
 
-    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_backward() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tail.zero_grad()
         out = tail(features).mean((2, 3))
         out.pow(2).sum().backward()
         return out.detach(), {name: p.grad.clone() for name, p in tail.named_parameters()}
 
-    plain_out, plain_grads = run()
+    plain_out, plain_grads = forward_backward()
     with _norms_folded(tail):
-        folded_out, folded_grads = run()
+        folded_out, folded_grads = forward_backward()
     torch.testing.assert_close(folded_out, plain_out, rtol=1e-4, atol=1e-5)
     for name, grad in plain_grads.items():  # float rounding only, in each whole gradient
         assert (folded_grads[name] - grad).norm() <= 1e-4 * grad.norm(), name
     assert not any("forward" in vars(module) for module in tail.modules())
-    assert not torch.equal(run()[0], torch.zeros_like(plain_out))
+    assert not torch.equal(forward_backward()[0], torch.zeros_like(plain_out))

@@ -6,7 +6,8 @@ space derived from the current one, switched on in one transaction and reversibl
 
 - ``finetune`` (default): the encoder's last stages retrained on the catalogue's images
   (fine_tuning.py); the adapted space has its own model, kept in the database
-  (``SpaceWeights``), and every image is encoded again with it.
+  (``SpaceWeights``), and every image is embedded by it, from the early-stage features kept
+  for the training (read and encoded again beyond ``MAX_TRAINING_IMAGES``).
 - ``whitening``: a closed-form linear transform of the stored vectors: whiten the covariance
   of images *within* a product (light, angle, background), then keep the main directions
   *between* products. No image is encoded again; works with any encoder.
@@ -190,6 +191,9 @@ class _Learned:
     encoder: dict[str, Any] = field(default_factory=dict)
     weights: bytes | None = field(default=None, repr=False)
     transform: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    # Every snapshot row in the space to store, where learning it gave them: then no image
+    # is read and encoded again.
+    vectors: np.ndarray | None = field(default=None, repr=False)
 
 
 def adapt(
@@ -220,7 +224,7 @@ def adapt(
     rows = list(
         ProductEmbedding.objects.filter(space=base, status=EmbeddingStatus.READY)
         .order_by("product_id", "id")
-        .values_list("product_id", "image_key", "embedding")
+        .values_list("product_id", "image_key", "embedding", "content_hash")
     )
     progress(f"{len(rows)} ready images in {base.name}")
     vectors = np.array([row[2] for row in rows], dtype=np.float32).reshape(len(rows), -1)
@@ -284,9 +288,13 @@ def adapt(
             f"{after['R@1']:.3f}, R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}); nothing switched."
         )
     learned.refit(progress)
-    space = _store_space(base, learned, report, rows, vectors)
-    if learned.weights is not None:
-        _encode_catalogue(space, rows, progress)
+    space = _store_space(base, learned, report, rows)
+    if learned.vectors is None:
+        _encode_catalogue(space, {row[0] for row in rows}, progress)
+    else:
+        progress(f"stored {len(learned.vectors)} vectors without reading the images again")
+        if learned.weights is not None:
+            _catch_up(space, base, rows, progress)
     from visual_search.indexing import ensure_index
     from visual_search.segments import ensure_segment_indexes, sync_segments
 
@@ -328,6 +336,10 @@ def _learn_whitening(
         learned.encoder = {"TRANSFORM": {"mean": mean.tolist(), "projection": projection.tolist()}}
         learned.details["dims"] = int(projection.shape[1])  # at most the products less one
 
+    def refit(progress: Callable[[str], None]) -> None:
+        learn(np.ones(len(labels), dtype=bool))  # closed form: free
+        learned.vectors = apply(vectors, *learned.transform)
+
     learned = _Learned(
         held=np.zeros(0),
         held_labels=labels[held],
@@ -335,7 +347,7 @@ def _learn_whitening(
         fit_labels=labels[fit],
         strangers=np.zeros(0),
         details={"dims": dims, "shrink": shrink},
-        refit=lambda progress: learn(np.ones(len(labels), dtype=bool)),  # closed form: free
+        refit=refit,
     )
     learn(fit)
     learned.held = apply(vectors[held], *learned.transform)
@@ -346,7 +358,7 @@ def _learn_whitening(
 
 def _learn_fine_tuning(
     base: EmbeddingSpace,
-    rows: list[tuple[Any, str, Any]],
+    rows: list[tuple[Any, ...]],
     labels: np.ndarray,
     fit: np.ndarray,
     held: np.ndarray,
@@ -399,6 +411,8 @@ def _learn_fine_tuning(
             progress("training the model to store, on the strangers' images too")
             tuner.train(several & ~check_held, lambda line: progress(f"model to store: {line}"))
         learned.weights = tuner.state_bytes()
+        if len(wanted) == len(rows):  # the tuner holds every image's early-stage features
+            learned.vectors = tuner.added_vectors()
 
     stages = tuner.config.trained_stages
     learned = _Learned(
@@ -415,10 +429,10 @@ def _learn_fine_tuning(
 
 
 def _pictures(
-    rows: list[tuple[Any, str, Any]], index: np.ndarray, batch_size: int = 64
+    rows: list[tuple[Any, ...]], index: np.ndarray, batch_size: int = 64
 ) -> Iterator[tuple[np.ndarray, list[Image.Image]]]:
-    """The pictures of these rows, in batches, read from the products' galleries (scaled
-    down: training crops are 224 px, and a catalogue's images must fit in memory).
+    """The pictures of these rows, in batches (one batch in memory at a time), read from the
+    products' galleries.
 
     Refuses at the first image that is gone or unreadable, before minutes of training on a
     catalogue that is not the one stored."""
@@ -432,7 +446,7 @@ def _pictures(
     batch: list[int] = []
     pictures: list[Image.Image] = []
     for i in wanted:
-        product_id, key, _ = rows[i]
+        product_id, key = rows[i][:2]
         if product_id not in sources:
             product = products.get(product_id)
             gallery = product_images(product) if product is not None else []
@@ -444,7 +458,6 @@ def _pictures(
             picture = load_image(read_bytes(source))
         except UnusableImage as exc:
             raise _unreadable(product_id, key, str(exc)) from exc
-        picture.thumbnail((384, 384))
         batch.append(i)
         pictures.append(picture)
         if len(batch) == batch_size:
@@ -466,8 +479,7 @@ def _store_space(
     base: EmbeddingSpace,
     learned: _Learned,
     report: dict[str, Any],
-    rows: list[tuple[Any, str, Any]],
-    vectors: np.ndarray,
+    rows: list[tuple[Any, ...]],
 ) -> EmbeddingSpace:
     """The new space's row (and its weights or its vectors); older inactive adapted spaces
     of the same base are removed: their models would cost a second encoding of each image."""
@@ -496,7 +508,14 @@ def _store_space(
             SpaceWeights.objects.update_or_create(
                 space=space, defaults={"data": learned.weights, "sha256": digest}
             )
-        else:
+        if learned.vectors is not None:
+            from visual_search.models_registry import get_product_model
+
+            existing = set(
+                get_product_model()
+                ._default_manager.filter(pk__in={row[0] for row in rows})
+                .values_list("pk", flat=True)
+            )
             ProductEmbedding.objects.bulk_create(
                 [
                     ProductEmbedding(
@@ -507,7 +526,8 @@ def _store_space(
                         content_hash="derived",
                         status=EmbeddingStatus.READY,
                     )
-                    for row, vector in zip(rows, apply(vectors, *learned.transform), strict=True)
+                    for row, vector in zip(rows, learned.vectors, strict=True)
+                    if row[0] in existing  # not deleted while the adaptation ran
                 ],
                 batch_size=1000,
             )
@@ -516,13 +536,34 @@ def _store_space(
     return space
 
 
-def _encode_catalogue(
-    space: EmbeddingSpace, rows: list[tuple[Any, str, Any]], progress: Callable[[str], None]
+def _catch_up(
+    space: EmbeddingSpace,
+    base: EmbeddingSpace,
+    rows: list[tuple[Any, ...]],
+    progress: Callable[[str], None],
 ) -> None:
-    """Every product of the base space encoded again, through the pipeline, by the new model."""
+    """Products whose images changed in the base space while the model was learned (added,
+    replaced or removed since the snapshot ``rows``) encoded again in the new space; the
+    pipeline writes later changes to it itself, as to every adapted space."""
+    then = {(row[0], row[1], row[3]) for row in rows}
+    now = set(
+        ProductEmbedding.objects.filter(space=base, status=EmbeddingStatus.READY).values_list(
+            "product_id", "image_key", "content_hash"
+        )
+    )
+    changed = {product for product, _, _ in then ^ now}
+    if changed:
+        progress(f"{len(changed)} products changed while learning")
+        _encode_catalogue(space, changed, progress)
+
+
+def _encode_catalogue(
+    space: EmbeddingSpace, product_ids: set[Any], progress: Callable[[str], None]
+) -> None:
+    """These products encoded again, through the pipeline, by the new model."""
     from visual_search.pipeline import embed_products
 
-    products = list(dict.fromkeys(row[0] for row in rows))
+    products = sorted(product_ids, key=str)
     encoder = space_encoder(space)
     chunk = 32
     for start in range(0, len(products), chunk):

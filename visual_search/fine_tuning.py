@@ -160,6 +160,12 @@ def _after_norm(norm: Any) -> Callable[[Any], Any]:
     return forward
 
 
+def _scaled_down(image: Image.Image, size: int = 384) -> Image.Image:
+    copy = image.copy()
+    copy.thumbnail((size, size))
+    return copy
+
+
 def _pool(tail: Any, features: Any) -> Any:
     import torch
     import torch.nn.functional as F
@@ -223,9 +229,12 @@ class FineTuner:
         return self._session or None
 
     def add(self, images: Sequence[Image.Image], labels: Sequence[Any]) -> None:
-        """Training images of these products: the plain view and the augmented ones."""
+        """Training images of these products: the plain view of each image as the encoder
+        sees it (so that the vectors ``added_vectors`` gives are the ones the pipeline would
+        store), and the augmented ones from a copy at most 384 px wide (cheaper crops)."""
+        small = [_scaled_down(image) for image in images] if len(self.views) > 1 else images
         for view, store in enumerate(self.views):
-            store.append(self.trunk_features(images, augmented=view > 0))
+            store.append(self.trunk_features(small if view else images, augmented=view > 0))
         self.labels.extend(labels)
 
     def embed_features(self, features: Any, batch_size: int = 256) -> np.ndarray:
