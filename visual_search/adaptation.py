@@ -191,8 +191,8 @@ class _Learned:
     encoder: dict[str, Any] = field(default_factory=dict)
     weights: bytes | None = field(default=None, repr=False)
     transform: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    # Every snapshot row in the space to store, where learning it gave them: then no image
-    # is read and encoded again.
+    # The stored space's vector of every snapshot row, when learning computed them: then no
+    # image is read and encoded again.
     vectors: np.ndarray | None = field(default=None, repr=False)
 
 
