@@ -90,6 +90,22 @@ def test_grouping_picks_the_items_not_the_box_over_them():
     assert groups[1].regions == 2  # its own region and the one on the same item
 
 
+def test_an_items_box_is_fitted_by_the_regions_that_match_its_product():
+    a, b = _P(1), _P(2)
+    regions = [
+        Region((100, 100, 300, 300), [Neighbour(a, "x", 0.9)]),  # the item's best region
+        Region((100, 100, 340, 300), [Neighbour(a, "x", 0.9), Neighbour(b, "x", 0.88)]),
+        Region((60, 100, 300, 300), [Neighbour(a, "x", 0.8)]),  # a much weaker match of a
+        Region((100, 40, 300, 300), [Neighbour(b, "x", 0.85)]),  # does not hold a: no say
+    ]
+    (group,) = grouped(regions)
+    left, top, right, bottom = group.box
+    assert 315 < right < 325  # two regions match a equally well: half-way between them
+    assert 99 < left < 100  # the weak match moves it by a fraction of a pixel
+    assert (top, bottom) == (100, 300)
+    assert [r.product.pk for r in group.results] == [1, 2]
+
+
 def test_heaviest_compatible_set_trades_one_box_for_two():
     conflict = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=bool)
     assert heaviest_compatible_set([0, 1, 2], np.array([3.0, 2.0, 2.0]), conflict) == [1, 2]
@@ -110,7 +126,7 @@ def test_contrast_decides_between_equal_matches():
     a = _P(1)
     model = {"coef": [0, 0, 0, 0, 0, 0, 0, 1.0, 0], "intercept": 0.0}
     tight = Region((0, 0, 100, 100), [Neighbour(a, "x", 0.8)], contrast=(2.0, 2.0))
-    loose = Region((0, 0, 140, 140), [Neighbour(a, "x", 0.8)], contrast=(0.5, 1.0))
+    loose = Region((0, 0, 200, 200), [Neighbour(a, "x", 0.8)], contrast=(0.5, 1.0))
     (group,) = grouped([loose, tight], model=model, min_objectness=0.5)
     assert group.box == (0, 0, 100, 100)
     assert grouped([loose], model=model, min_objectness=0.7) == []

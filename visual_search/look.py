@@ -61,6 +61,11 @@ OBJECTNESS: dict[str, Any] = {
 }
 AGREE_IOU = 0.5  # regions this close are on the same item: they back it and pool products
 PART_OF = 0.6  # a box with this share of its area inside another is a part of it
+# An item's box is averaged over the regions this close to its chosen one that hold its product,
+# each weighted by its objectness x exp(BOX_SHARPNESS x how much worse it matches the product
+# than the chosen region): no single region's box fits an item as well as the best few together.
+BOX_PEERS_IOU = 0.3
+BOX_SHARPNESS = 40.0
 
 
 def iou(a: Box, b: Box) -> float:
@@ -323,7 +328,8 @@ def group_regions(
 ) -> list[LookGroup]:
     """The items: regions scored by the objectness model, then the set of compatible regions
     (no two overlapping beyond ``overlap_iou``, none mostly inside another) with the highest
-    total score over ``min_objectness``; each item's products pooled from the regions on it.
+    total score over ``min_objectness``; each item's products pooled from the regions on it,
+    its box fitted by the regions around it that match its product (``item_box``).
     """
     from visual_search.services import SearchResult
 
@@ -346,7 +352,7 @@ def group_regions(
         ranked = sorted(best.values(), key=lambda m: m.score, reverse=True)[:k]
         groups.append(
             LookGroup(
-                box=tuple(round(v, 1) for v in usable[i].box),
+                box=tuple(round(float(v), 1) for v in item_box(i, usable, overlap, objectness)),
                 score=usable[i].best.score,
                 results=[SearchResult(m.product, m.score, m.image_key) for m in ranked],
                 regions=len(members),
@@ -354,6 +360,27 @@ def group_regions(
             )
         )
     return groups
+
+
+def item_box(
+    chosen: int, regions: list[Region], overlap: np.ndarray, objectness: np.ndarray
+) -> np.ndarray:
+    """The chosen region's box averaged with those of the regions around it (IoU >=
+    BOX_PEERS_IOU) that have its best product among their matches, weighted by objectness and
+    by how well each matches that product."""
+    product = regions[chosen].best.product.pk
+    peers, scores = [chosen], [regions[chosen].best.score]
+    for j in np.flatnonzero(overlap[chosen] >= BOX_PEERS_IOU):
+        score = next((m.score for m in regions[j].matches if m.product.pk == product), None)
+        if j != chosen and score is not None:
+            peers.append(int(j))
+            scores.append(score)
+    # A region matching the product better than the chosen one counts as much as it does, not
+    # more: a tight box on the product's most telling part would otherwise take the item over.
+    shortfall = np.minimum(0.0, np.array(scores, dtype=np.float64) - scores[0])
+    weight = objectness[peers] * np.exp(BOX_SHARPNESS * shortfall)
+    boxes = np.array([regions[j].box for j in peers], dtype=np.float64)
+    return (boxes * weight[:, None]).sum(0) / weight.sum()
 
 
 def heaviest_compatible_set(
