@@ -110,6 +110,24 @@ def test_queries_can_use_the_partial_hnsw_index(synthetic):
     assert index_name(space.name) in plan, plan
 
 
+def test_matching_regions_finds_each_ones_nearest_and_leaves_the_planner_as_it_was(synthetic):
+    from visual_search.queries import nearest_per_query
+
+    space, pks, vectors, centres, rng = synthetic
+    everything = set(pks)
+    regions = vectors[:3] + 0.3 * rng.normal(size=(3, DIM)).astype(np.float32)
+    regions /= np.linalg.norm(regions, axis=1, keepdims=True)
+    found = nearest_per_query(space, regions, k=5, queryset=get_product_model().objects.all())
+    for region, neighbours in zip(regions, found, strict=True):
+        expected = exact_top(vectors, pks, everything, region, 5)
+        assert len(set(n.product.pk for n in neighbours) & set(expected)) >= 4
+    # The statement walks the index with sequential scans off; the test's own transaction,
+    # which encloses it, gets the setting back.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_seqscan')")
+        assert cursor.fetchone() == ("on",)
+
+
 def test_a_space_whose_products_crowd_the_first_rows_starts_its_next_query_wider(db, monkeypatch):
     from django.test.utils import CaptureQueriesContext
 

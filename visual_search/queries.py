@@ -171,12 +171,16 @@ def nearest_per_query(
         "ORDER BY i, product_id, distance"
     )
     with transaction.atomic(), connection.cursor() as cursor:
-        # On a small catalogue the planner prices an exact scan per region below the index
-        # walk, but it costs about three of them for a look photo's 60 regions (0.6-0.9 s
-        # against 0.2-0.3 s for 2,721 images, docs/benchmarks.md): the index is always used.
+        # On a small catalogue the planner prefers one exact scan per region to the index, three
+        # times slower for a look photo's 60 regions (0.6-0.9 s against 0.2-0.3 s with 2,721
+        # images, docs/benchmarks.md): this statement always walks the index. The setting is
+        # put back for the rest of an enclosing transaction.
+        cursor.execute("SELECT current_setting('enable_seqscan')")
+        (seqscan,) = cursor.fetchone()
         cursor.execute("SELECT set_config('enable_seqscan', 'off', true)")
         cursor.execute(sql, [*params, *where_params, k * OVERFETCH])
         found = cursor.fetchall()
+        cursor.execute("SELECT set_config('enable_seqscan', %s, true)", [seqscan])
     products = queryset.in_bulk({row[1] for row in found})
     per_query: list[list[Neighbour]] = [[] for _ in rows]
     for index, pk, key, score in sorted(found, key=lambda row: (row[0], -row[3])):
