@@ -6,8 +6,9 @@ the whole photo and a grid of windows. All regions are embedded in one batch and
 SQL statement. Each region is then scored as an item by a small logistic model of how it
 matched, how many overlapping regions agree with it and how much it stands out of the
 activation map; the set of non-overlapping regions with the best total score are the items,
-each with the products of the regions on it and a box fitted by those that match it. A shop with a real detector sets ``LOOK["DETECTOR"]`` to a class with
-``propose(image) -> list[Proposal]``.
+each with the products of the regions on it and a box fitted by those that match it. A shop
+with a real detector sets ``LOOK["DETECTOR"]`` to a class with ``propose(image) ->
+list[Proposal]``.
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ class ActivationGridDetector:
         levels: Sequence[float] = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
     ) -> None:
         # Windows at 0.5 and 0.7 as well (13 more regions to embed, a fifth of the time) found
-        # no more items on 1,443 items of composites: the active areas and the whole photo
-        # already cover large items (benchmarks/look.py, docs/benchmarks.md).
+        # 2 more of 1,443 items in composites: the active areas and the whole photo already
+        # cover large items (benchmarks/look.py, docs/benchmarks.md).
         self.scales = tuple(scales)
         self.input_size = input_size
         # Several thresholds: a low one keeps whole items with quiet parts, a high one splits
