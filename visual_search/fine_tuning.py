@@ -165,9 +165,9 @@ def _after_norm(norm: Any) -> Callable[[Any], Any]:
 
 
 def _scaled_down(image: Image.Image, size: int = 384) -> Image.Image:
-    copy = image.copy()
-    copy.thumbnail((size, size))
-    return copy
+    smaller = image.copy()  # thumbnail() works in place; the caller keeps the full image
+    smaller.thumbnail((size, size))
+    return smaller
 
 
 def _pool(tail: Any, features: Any) -> Any:
