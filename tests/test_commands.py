@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.utils import timezone
 
 from visual_search import services
@@ -80,6 +81,27 @@ def test_index_command_builds_concurrently_and_rebuilds(catalogue):
     assert state.exists and state.valid
     with pytest.raises(CommandError, match="no embeddings yet"):
         run("visual_search_index", "--space", "other/space")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commands_warn_about_unapplied_migrations_before_they_fail():
+    """An upgraded app whose new migration was not applied: the command says why it fails."""
+    from django.db.migrations.loader import MigrationLoader
+    from django.db.utils import ProgrammingError
+
+    graph = MigrationLoader(connection).graph
+    (latest,) = graph.leaf_nodes("visual_search")
+    (before,) = [node.key for node in graph.node_map[latest].parents if node.key[0] == latest[0]]
+    call_command("migrate", *before, verbosity=0)
+    try:
+        out = io.StringIO()
+        with pytest.raises(ProgrammingError):
+            call_command("visual_search_status", stdout=out, stderr=io.StringIO())
+        assert "unapplied migration" in out.getvalue() and "visual_search" in out.getvalue()
+    finally:
+        call_command("migrate", "visual_search", verbosity=0)
+    out, _ = run("visual_search_status")
+    assert "unapplied migration" not in out
 
 
 def test_a_second_demo_is_refused_before_it_starts_anything(settings, tmp_path):

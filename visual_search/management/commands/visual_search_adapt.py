@@ -15,6 +15,7 @@ class Command(BaseCommand):
         "or learned whitening), check it on held-out images, calibrate match confidence, and "
         "switch queries to it only if it is better (or --revert)."
     )
+    requires_migrations_checks = True  # warn before a missing table fails the command
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(

@@ -19,6 +19,7 @@ class Command(BaseCommand):
         "Create (or --rebuild) the HNSW index of an embedding space, and one per value of "
         "SEGMENTS['FIELD'] with at least SEGMENTS['MIN_ROWS'] images, concurrently."
     )
+    requires_migrations_checks = True  # warn before a missing table fails the command
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--space", help="Embedding space (default: the configured encoder's).")

@@ -10,6 +10,7 @@ from visual_search.conf import vs_settings
 
 class Command(BaseCommand):
     help = "Embed products that need it: inline with a progress bar, or queued to Celery."
+    requires_migrations_checks = True  # warn before a missing table fails the command
 
     def add_arguments(self, parser: Any) -> None:
         which = parser.add_mutually_exclusive_group()

@@ -11,6 +11,7 @@ from visual_search.services import status_report
 
 class Command(BaseCommand):
     help = "Embedding counts per space and status, and the health of each HNSW index."
+    requires_migrations_checks = True  # warn before a missing table fails the command
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(
