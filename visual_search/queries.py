@@ -3,9 +3,8 @@ segments.py): one statement per search.
 
 pgvector filters after the index scan, so a selective shop filter could leave fewer than k
 rows. ``hnsw.iterative_scan`` makes the scan go on until the filter is satisfied; it and
-``hnsw.ef_search`` are set for each query: on each new connection (``configure_session``,
-free per query), and with ``set_config(..., true)`` (SET LOCAL) in the query's own
-transaction when one query needs a wider beam than that default.
+``hnsw.ef_search`` are set for each query, on each new connection (``configure_session``,
+free per query).
 """
 
 from __future__ import annotations
@@ -75,7 +74,6 @@ def nearest_products(
     vectors: np.ndarray | None = None,
     of_product: Any = None,
     queryset: models.QuerySet,
-    ef_search: int | None = None,
 ) -> list[Neighbour]:
     """The k products of ``queryset`` nearest to ``vectors`` or to product ``of_product``'s
     own ready vectors (itself excluded), each scored by its best (query, gallery) image pair.
@@ -116,9 +114,8 @@ def nearest_products(
     )
     per_product = _rows_per_product.get(space.name, OVERFETCH)
     limit = min(k * per_product, MAX_ROWS)
-    beam = max(int(vs_settings.QUERY["EF_SEARCH"]), ef_search or 0)
     while True:
-        found = _run(model, sql, [*params, *where_params, limit, k], beam, ef_search)
+        found = list(model._default_manager.raw(sql, [*params, *where_params, limit, k]))
         fetched = found[0].vs_hits / max(1, found[0].vs_queries) if found else 0
         if len(found) >= k or fetched < limit or limit >= MAX_ROWS:
             break
@@ -187,17 +184,6 @@ def nearest_per_query(
         if pk in products and len(per_query[index]) < k:
             per_query[index].append(Neighbour(products[pk], key, float(score)))
     return per_query
-
-
-def _run(
-    model: type[models.Model], sql: str, params: list[Any], beam: int, ef_search: int | None
-) -> list[models.Model]:
-    if ef_search is None:
-        return list(model._default_manager.raw(sql, params))
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(beam)])
-        return list(model._default_manager.raw(sql, params))
 
 
 def has_ready_embedding(space: EmbeddingSpace | None, product_pk: Any) -> bool:
