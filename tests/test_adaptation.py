@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,44 @@ def labelled_catalogue(make_product, photos):
         made[name] = make_product(name, shots[0], gallery=spread)
     services.embed_many([p.pk for p in made.values()])
     return made
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Torch on two threads (the tests' encoder sets one), as in a worker with two cores: the
+    adaptation then trains the model it stores beside the check model."""
+    with torch_threads(2):
+        yield
+
+
+def random_tuner(epochs: int, views: int = 1):
+    """A tuner of an untrained Lite0 with 20 random images of 4 products added (two batches
+    of the trunk), and the images."""
+    import timm
+    import torch
+    from PIL import Image
+
+    from visual_search.fine_tuning import FineTuneConfig, FineTuner
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(20)]
+    torch.manual_seed(0)  # the same initial weights each time
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    tuner = FineTuner(model, FineTuneConfig(epochs=epochs, augmented_views=views, batch_size=8))
+    tuner.add(images, list("aaaaabbbbbcccccddddd"))
+    return tuner, images
 
 
 def best_score(space, encoder, picture, region, product=None):
@@ -158,11 +198,12 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
 
 
 def test_fine_tuning_stores_the_vectors_it_computed_and_catches_up_with_changes(
-    labelled_catalogue, make_product, photos
+    labelled_catalogue, make_product, photos, two_torch_threads
 ):
     """The new space's vectors come from the early-stage features kept for training, not
     from reading every image again: they must be what the pipeline would have stored. A
-    product added or deleted while the model learns is caught up with."""
+    product added or deleted while the model learns is caught up with. With two threads, the
+    model stored is trained beside the check model: its vectors and weights are stored."""
     from visual_search.adaptation import adapt, space_encoder
     from visual_search.gallery import product_images
     from visual_search.images import load_image, read_bytes
@@ -183,6 +224,8 @@ def test_fine_tuning_stores_the_vectors_it_computed_and_catches_up_with_changes(
         force=True,
         progress=lambda line: (lines.append(line), progress(line)),
     ).space
+    assert any("beside the check model" in line for line in lines)
+    assert any("model to store: epoch 2/2" in line for line in lines)
     assert late and any("2 products changed while learning" in line for line in lines)
     assert not ProductEmbedding.objects.filter(space=space, product_id=gone.pk).exists()
     stored = ProductEmbedding.objects.get(space=space, product_id=late[0].pk)
@@ -506,3 +549,91 @@ def test_training_folds_each_frozen_batch_norm_into_its_convolution_exactly():
         assert (folded_grads[name] - grad).norm() <= 1e-4 * grad.norm(), name
     assert not any("forward" in vars(module) for module in tail.modules())
     assert not torch.equal(forward_backward()[0], torch.zeros_like(plain_out))
+
+
+def test_a_model_trained_beside_another_is_the_one_it_would_be_alone():
+    """The background training has its own model and random numbers: the same weights as the
+    same fork trained on its own, whatever the threads' interleaving. (On one torch thread
+    throughout: Adam turns the rounding of other thread counts into visible differences.)"""
+    import torch
+
+    from visual_search.fine_tuning import TrainingBeside
+
+    with torch_threads(1):
+        tuner, _ = random_tuner(epochs=2)
+        alone = tuner.fork()
+        alone.train()
+        fork = tuner.fork()
+        beside = TrainingBeside(fork, None)
+        tuner.train()
+        lines: list[str] = []
+        details = beside.result(lines.append)
+    assert lines[-1].startswith("model to store: epoch 2/2") and details["training_images"] == 20
+    trained = fork.tail.state_dict()
+    for name, value in alone.tail.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-7)
+    head = "conv_head.weight"  # its own copy of the model, not the calling thread's
+    assert not torch.equal(fork.model.state_dict()[head], tuner.model.state_dict()[head])
+
+
+def test_a_training_beside_stops_when_cancelled_and_reports_its_errors(two_torch_threads):
+    import threading
+
+    import torch
+
+    from visual_search.fine_tuning import TrainingBeside, TrainingStopped
+
+    tuner, _ = random_tuner(epochs=1000)
+    beside = TrainingBeside(tuner.fork(), None)
+    assert torch.get_num_threads() == 1  # the calling thread's share, until result or cancel
+    beside.cancel()  # stops at its next step, long before its 1,000 epochs
+    assert not any(t.name == "visual-search-training" for t in threading.enumerate())
+    assert torch.get_num_threads() == 2
+    lines: list[str] = []
+    with pytest.raises(TrainingStopped):
+        beside.result(lines.append)
+    assert not any("epoch 1000/1000" in line for line in lines)
+    failing = TrainingBeside(tuner.fork(), np.ones(5, dtype=bool))  # 20 images added, not 5
+    with pytest.raises(ValueError):
+        failing.result(lines.append)
+    assert torch.get_num_threads() == 2
+
+
+def test_an_adaptation_interrupted_while_two_models_learn_stops_both(
+    labelled_catalogue, two_torch_threads
+):
+    import threading
+
+    import torch
+
+    from visual_search.adaptation import adapt
+
+    lines: list[str] = []
+
+    def interrupt(line: str) -> None:
+        lines.append(line)
+        if "check model: epoch 1/" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        adapt(method="finetune", epochs=50, progress=interrupt)
+    assert any("beside the check model" in line for line in lines)
+    assert not any(t.name == "visual-search-training" for t in threading.enumerate())
+    assert torch.get_num_threads() == 2
+    assert not any("epoch 50/50" in line for line in lines)
+    assert query_space().base_id is None
+
+
+def test_the_crops_drawn_while_the_trunk_runs_are_the_same_for_the_same_seed():
+    """The crops are drawn in a worker thread while the trunk runs: still in order, so two
+    tuners with the same seed keep the same features, each image's at its place."""
+    import torch
+
+    first, images = random_tuner(epochs=1, views=2)
+    second, _ = random_tuner(epochs=1, views=2)
+    views = first._kept_views()
+    for one, other in zip(views, second._kept_views(), strict=True):
+        assert torch.equal(one, other)
+    assert not torch.equal(views[1], views[2])  # two crops of each image, not one twice
+    last = first.trunk_features(images[-1:])  # the last image of the second trunk batch
+    torch.testing.assert_close(views[0][-1:], last)

@@ -188,6 +188,8 @@ class _Learned:
     strangers: np.ndarray
     details: dict[str, Any]
     refit: Callable[[Callable[[str], None]], None]
+    # Stops what is still learning beside the check (a refusal, an error); no-op after refit.
+    stop: Callable[[], None] = lambda: None
     encoder: dict[str, Any] = field(default_factory=dict)
     weights: bytes | None = field(default=None, repr=False)
     transform: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
@@ -258,36 +260,40 @@ def adapt(
         learned = _learn_fine_tuning(
             base, rows, labels, fit, held, strangers, int(epochs or settings["EPOCHS"]), progress
         )
-    checked = (learned.held, learned.held_labels, learned.fit, learned.fit_labels)
-    after = recall(*checked)
-    confidence = calibration.calibrate(*checked, learned.strangers)
-    report = {
-        "method": method,
-        **learned.details,
-        "fit_images": int(fit.sum()),
-        "held_out_images": int(held.sum()),
-        "stranger_products": stranger_products,
-        "before": before,
-        "after": after,
-        "coverage_at_90_precision": {
-            "before": base.report["calibration"]["coverage_at_90_precision"],
-            "after": confidence["coverage_at_90_precision"],
-        },
-        "calibration": confidence,
-    }
-    progress(
-        f"held-out R@1 {before['R@1']:.3f} -> {after['R@1']:.3f}, "
-        f"R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}; at 90 % precision the confidence "
-        f"answers {report['coverage_at_90_precision']['before']:.0%} -> "
-        f"{report['coverage_at_90_precision']['after']:.0%} of held-out images"
-    )
-    better = after["R@1"] > before["R@1"] and after["R@5"] >= before["R@5"]
-    if not better and not force:
-        raise AdaptationRefused(
-            f"The adapted space is not better on held-out images (R@1 {before['R@1']:.3f} -> "
-            f"{after['R@1']:.3f}, R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}); nothing switched."
+    try:  # what learns beside the check stops if it refuses or fails
+        checked = (learned.held, learned.held_labels, learned.fit, learned.fit_labels)
+        after = recall(*checked)
+        confidence = calibration.calibrate(*checked, learned.strangers)
+        report = {
+            "method": method,
+            **learned.details,
+            "fit_images": int(fit.sum()),
+            "held_out_images": int(held.sum()),
+            "stranger_products": stranger_products,
+            "before": before,
+            "after": after,
+            "coverage_at_90_precision": {
+                "before": base.report["calibration"]["coverage_at_90_precision"],
+                "after": confidence["coverage_at_90_precision"],
+            },
+            "calibration": confidence,
+        }
+        progress(
+            f"held-out R@1 {before['R@1']:.3f} -> {after['R@1']:.3f}, "
+            f"R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}; at 90 % precision the confidence "
+            f"answers {report['coverage_at_90_precision']['before']:.0%} -> "
+            f"{report['coverage_at_90_precision']['after']:.0%} of held-out images"
         )
-    learned.refit(progress)
+        better = after["R@1"] > before["R@1"] and after["R@5"] >= before["R@5"]
+        if not better and not force:
+            raise AdaptationRefused(
+                "The adapted space is not better on held-out images "
+                f"(R@1 {before['R@1']:.3f} -> {after['R@1']:.3f}, "
+                f"R@5 {before['R@5']:.3f} -> {after['R@5']:.3f}); nothing switched."
+            )
+        learned.refit(progress)
+    finally:
+        learned.stop()
     space = _store_space(base, learned, report, rows)
     if learned.vectors is None:
         _encode_catalogue(space, {row[0] for row in rows}, progress)
@@ -367,7 +373,12 @@ def _learn_fine_tuning(
     progress: Callable[[str], None],
 ) -> _Learned:
     from visual_search.encoders import TimmEncoder, load_timm_model
-    from visual_search.fine_tuning import FineTuneConfig, FineTuner, FineTuningUnsupported
+    from visual_search.fine_tuning import (
+        FineTuneConfig,
+        FineTuner,
+        FineTuningUnsupported,
+        TrainingBeside,
+    )
 
     config = {**vs_settings.ENCODER, **base.encoder}
     if config.get("CLASS", "visual_search.encoders.TimmEncoder") != (
@@ -399,32 +410,54 @@ def _learn_fine_tuning(
     # adapting (benchmarks/adaptation.py --folds --studio-classes).
     products, counts = np.unique(added_labels, return_counts=True)
     several = np.isin(added_labels, products[counts >= 2])
-    details = tuner.train(check_fit & several, lambda line: progress(f"check model: {line}"))
-    details["single_image_products"] = int((counts < 2).sum())
-
-    def refit(progress: Callable[[str], None]) -> None:
+    beside: TrainingBeside | None = None
+    stored = tuner
+    if check_strangers.any() and TrainingBeside.pays():
         # With strangers, the checked model has never seen some products: the one stored is
         # trained again on every image (without the held-out ones, R@1 fell by about 0.02
-        # for a fifth less time: docs/benchmarks.md). Without strangers, the checked model is
-        # stored as it is: the faster path, for a model that has not learned those images.
-        if check_strangers.any():
+        # for a fifth less time: docs/benchmarks.md), beside the check model, which spares
+        # about a seventh of the two trainings' time on 2 cores.
+        progress("training the model to store, on every image, beside the check model")
+        stored = tuner.fork()
+        beside = TrainingBeside(stored, several)
+
+    def check_progress(line: str) -> None:
+        progress(f"check model: {line}")
+        if beside is not None:
+            beside.relay(progress)
+
+    def refit(progress: Callable[[str], None]) -> None:
+        # Without strangers, the checked model is stored as it is: the faster path, for a
+        # model that has not learned those images.
+        if beside is not None:
+            beside.result(progress)
+        elif check_strangers.any():  # one torch thread: one training after the other
             progress("training the model to store, on every image")
             tuner.train(several, lambda line: progress(f"model to store: {line}"))
-        learned.weights = tuner.state_bytes()
+        learned.weights = stored.state_bytes()
         if len(wanted) == len(rows):  # the tuner holds every image's early-stage features
-            learned.vectors = tuner.added_vectors()
+            learned.vectors = stored.added_vectors()
 
-    stages = tuner.config.trained_stages
-    learned = _Learned(
-        held=tuner.added_vectors(check_held),
-        held_labels=added_labels[check_held],
-        fit=tuner.added_vectors(check_fit),
-        fit_labels=added_labels[check_fit],
-        strangers=tuner.added_vectors(check_strangers),
-        details={**details, "epochs": epochs, "trained_stages": stages},
-        refit=refit,
-        encoder={"FINE_TUNED": {"epochs": epochs, "trained_stages": stages}},
-    )
+    try:
+        details = tuner.train(check_fit & several, check_progress)
+        details["single_image_products"] = int((counts < 2).sum())
+        stages = tuner.config.trained_stages
+        learned = _Learned(
+            held=tuner.added_vectors(check_held),
+            held_labels=added_labels[check_held],
+            fit=tuner.added_vectors(check_fit),
+            fit_labels=added_labels[check_fit],
+            strangers=tuner.added_vectors(check_strangers),
+            details={**details, "epochs": epochs, "trained_stages": stages},
+            refit=refit,
+            encoder={"FINE_TUNED": {"epochs": epochs, "trained_stages": stages}},
+        )
+    except BaseException:
+        if beside is not None:
+            beside.cancel()
+        raise
+    if beside is not None:
+        learned.stop = beside.cancel
     return learned
 
 

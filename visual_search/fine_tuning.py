@@ -20,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,10 @@ TRUNK_BATCH = 16
 
 class FineTuningUnsupported(VisualSearchError):
     """The encoder's model cannot be fine-tuned by this module."""
+
+
+class TrainingStopped(VisualSearchError):
+    """A training was stopped before its last epoch (``TrainingBeside.cancel``)."""
 
 
 @dataclass(frozen=True)
@@ -200,29 +207,54 @@ class FineTuner:
         self._trained_tail = self._initial_tail
 
     def trunk_features(self, images: Sequence[Image.Image], *, augmented: bool = False) -> Any:
+        """Half-precision feature maps of the frozen trunk for one view of these images."""
+        return self._views_features([(images, augmented)])[0]
+
+    def _views_features(self, jobs: Sequence[tuple[Sequence[Image.Image], bool]]) -> list[Any]:
+        """Feature maps for each (images, augmented) job, in order.
+
+        A worker thread draws the next batch's crops while the trunk runs on the current one:
+        the transforms are a third of this work and run on one core (docs/benchmarks.md). The
+        worker is the only one to draw from torch's random numbers, in the order of the jobs,
+        so the crops are those a single thread would draw."""
         import torch
 
         started = time.monotonic()
-        transform = self.augmented if augmented else self.plain
-        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=self.generator)))
-        batch = torch.stack([transform(image) for image in images])
+        seeds = [int(torch.randint(0, 2**31, (1,), generator=self.generator)) for _ in jobs]
+
+        def batch(job: int, start: int) -> Any:
+            images, augmented = jobs[job]
+            if start == 0:
+                torch.manual_seed(seeds[job])
+            transform = self.augmented if augmented else self.plain
+            return torch.stack([transform(image) for image in images[start : start + TRUNK_BATCH]])
+
         session = self._trunk_session()
-        if session is not None:
-            pixels = batch.numpy()
-            chunks = [
-                session.run(None, {"pixels": pixels[i : i + TRUNK_BATCH]})[0]
-                for i in range(0, len(pixels), TRUNK_BATCH)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="visual-search-crops")
+        try:
+            pending = [
+                (job, pool.submit(batch, job, start))
+                for job, (images, _) in enumerate(jobs)
+                for start in range(0, len(images), TRUNK_BATCH)
             ]
-            features = torch.from_numpy(np.concatenate(chunks)).half()
-        else:
-            with torch.inference_mode():
-                features = self.trunk(batch).half()
+            chunks: list[list[Any]] = [[] for _ in jobs]
+            for job, future in pending:
+                pixels = future.result()
+                if session is not None:
+                    features = torch.from_numpy(session.run(None, {"pixels": pixels.numpy()})[0])
+                else:
+                    with torch.inference_mode():
+                        features = self.trunk(pixels)
+                chunks[job].append(features.half())
+        finally:
+            pool.shutdown(cancel_futures=True)
         self.features_s += time.monotonic() - started
-        return features
+        return [torch.cat(parts) for parts in chunks]
 
     def _trunk_session(self) -> Any:
         """The frozen trunk in onnxruntime (about 4x torch fp32 on a CPU; same features),
-        exported once per tuner; None where onnxruntime is not installed."""
+        exported once per tuner; None where onnxruntime is not installed. Its threads do not
+        spin between runs: they would take the core the crops are drawn on."""
         if self._session is None:
             try:
                 import onnxruntime as ort
@@ -231,10 +263,14 @@ class FineTuner:
                 return None
             from visual_search.encoders import export_onnx
 
+            options = ort.SessionOptions()
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "trunk.onnx"
                 export_onnx(self.trunk, self.input_size, str(path), output="features")
-                self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                self._session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
         return self._session or None
 
     def add(self, images: Sequence[Image.Image], labels: Sequence[Any]) -> None:
@@ -242,8 +278,9 @@ class FineTuner:
         sees it (so that the vectors ``added_vectors`` gives are the ones the pipeline would
         store), and the augmented ones from a copy at most 384 px wide (cheaper crops)."""
         small = [_scaled_down(image) for image in images] if len(self.views) > 1 else images
-        for view, store in enumerate(self.views):
-            store.append(self.trunk_features(small if view else images, augmented=view > 0))
+        jobs = [(small if view else images, view > 0) for view in range(len(self.views))]
+        for store, features in zip(self.views, self._views_features(jobs), strict=True):
+            store.append(features)
         self.labels.extend(labels)
 
     def embed_features(self, features: Any, batch_size: int = 256) -> np.ndarray:
@@ -262,18 +299,46 @@ class FineTuner:
         """The added images (all, or a boolean selection) embedded by the current model."""
         import torch
 
-        features = torch.cat(self.views[0])
+        features = self._kept_views()[0]
         if selected is not None:
             features = features[torch.from_numpy(np.asarray(selected, dtype=bool))]
         return self.embed_features(features)
+
+    def _kept_views(self) -> list[Any]:
+        """Each view's feature maps of every added image, as one tensor (joined in place, so
+        that forks share it and trainings index it without a copy)."""
+        import torch
+
+        for store in self.views:
+            if len(store) != 1:
+                store[:] = [torch.cat(store)]
+        return [store[0] for store in self.views]
+
+    def fork(self) -> FineTuner:
+        """A tuner over the same added images with its own copy of the model and its own
+        random numbers: to train a second model beside this one (``TrainingBeside``)."""
+        import torch
+
+        self._kept_views()
+        other = copy.copy(self)
+        other.model = copy.deepcopy(self.model)
+        other.trunk, other.tail = _parts(other.model, self.config.trained_stages)
+        other.generator = torch.Generator().manual_seed(self.config.seed + 1)
+        other._trained_tail = self._initial_tail
+        return other
 
     def train(
         self,
         selected: np.ndarray | None = None,
         progress: Callable[[str], None] = lambda message: None,
+        *,
+        threads: Callable[[], int] | None = None,
+        stop: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Train the tail, from its initial weights, on the added images (all, or a boolean
-        selection); returns timings and the last epoch's loss."""
+        selection); returns timings and the last epoch's loss. ``threads`` (read between
+        steps) sets this thread's torch threads; ``stop`` ends the training early with
+        ``TrainingStopped``."""
         import torch
         import torch.nn.functional as F
 
@@ -285,10 +350,11 @@ class FineTuner:
         labels = [label for label, keep in zip(self.labels, mask.tolist(), strict=True) if keep]
         classes = {label: index for index, label in enumerate(dict.fromkeys(labels))}
         targets = torch.tensor([classes[label] for label in labels])
-        views = [torch.cat(store)[mask] for store in self.views]
+        rows = torch.arange(len(self.labels))[mask]  # the selected images' places in the views
+        views = self._kept_views()
         started = time.monotonic()
         with torch.no_grad():  # proxies start at the products' mean embeddings
-            plain = torch.from_numpy(self.embed_features(views[0]))
+            plain = torch.from_numpy(self.embed_features(views[0][rows]))
             proxies = torch.stack(
                 [F.normalize(plain[targets == c].mean(0), dim=0) for c in range(len(classes))]
             )
@@ -310,7 +376,9 @@ class FineTuner:
         loss_value = float("nan")
         with _norms_folded(self.tail):
             for epoch in range(config.epochs):
-                loss_value = self._epoch(views, targets, proxies, optimiser, schedule)
+                loss_value = self._epoch(
+                    views, rows, targets, proxies, optimiser, schedule, threads, stop
+                )
                 progress(f"epoch {epoch + 1}/{config.epochs}: loss {loss_value:.3f}")
         self._trained_tail = copy.deepcopy(self.tail.state_dict())
         self.blend(config.fine_tuned_weight)
@@ -323,7 +391,15 @@ class FineTuner:
         }
 
     def _epoch(
-        self, views: list[Any], targets: Any, proxies: Any, optimiser: Any, schedule: Any
+        self,
+        views: list[Any],
+        rows: Any,
+        targets: Any,
+        proxies: Any,
+        optimiser: Any,
+        schedule: Any,
+        threads: Callable[[], int] | None,
+        stop: threading.Event | None,
     ) -> float:
         """One pass over the images, each in one of its views drawn at random; the mean loss."""
         import torch
@@ -335,9 +411,16 @@ class FineTuner:
         chosen = torch.randint(0, len(views), (len(targets),), generator=self.generator)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
+            if stop is not None and stop.is_set():
+                raise TrainingStopped("The training was stopped.")
+            if threads is not None and threads() != torch.get_num_threads():
+                torch.set_num_threads(threads())
             index = order[start : start + config.batch_size]
             batch = torch.stack(
-                [views[v][i] for v, i in zip(chosen[index].tolist(), index.tolist(), strict=True)]
+                [
+                    views[v][i]
+                    for v, i in zip(chosen[index].tolist(), rows[index].tolist(), strict=True)
+                ]
             )
             if bool(torch.rand(1, generator=self.generator) < 0.5):
                 batch = batch.flip(3)
@@ -381,3 +464,82 @@ class FineTuner:
         buffer = io.BytesIO()
         torch.save(self.model.state_dict(), buffer)
         return buffer.getvalue()
+
+
+class TrainingBeside:
+    """A second model trained in a background thread while the calling thread trains another.
+
+    On 2 cores, two trainings with one torch thread each make a step apiece in about 1.1 s,
+    where one training with both threads makes a step in about 0.65 s (docs/benchmarks.md):
+    the adaptation's check model and the model it stores learn together. Each has its own
+    model and random numbers, so the outcome does not depend on how the threads interleave.
+    Until ``result`` or ``cancel``, the calling thread runs torch on one thread."""
+
+    def __init__(
+        self, tuner: FineTuner, selected: np.ndarray | None, label: str = "model to store"
+    ) -> None:
+        import torch
+
+        self._cores = torch.get_num_threads()
+        self._share = 1
+        self._stop = threading.Event()
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._outcome: dict[str, Any] | BaseException | None = None
+        self._label = label
+        torch.set_num_threads(1)  # this thread's, and the count a new thread starts with
+        self._thread = threading.Thread(
+            target=self._run, args=(tuner, selected), name="visual-search-training", daemon=True
+        )
+        self._thread.start()
+
+    @staticmethod
+    def pays() -> bool:
+        """Whether torch has two or more threads here to share between two trainings."""
+        import torch
+
+        return torch.get_num_threads() >= 2
+
+    def _run(self, tuner: FineTuner, selected: np.ndarray | None) -> None:
+        try:
+            self._outcome = tuner.train(
+                selected,
+                lambda line: self._lines.put(f"{self._label}: {line}"),
+                threads=lambda: self._share,
+                stop=self._stop,
+            )
+        except BaseException as exc:  # raised again in the calling thread, by result()
+            self._outcome = exc
+
+    def relay(self, progress: Callable[[str], None]) -> None:
+        """Pass the background training's progress lines on, from the calling thread."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return
+            progress(line)
+
+    def result(self, progress: Callable[[str], None]) -> dict[str, Any]:
+        """Give the background training every thread, wait for it and return what its
+        ``train`` returned (or raise what it raised)."""
+        self._release()
+        while self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+            self.relay(progress)
+        self.relay(progress)
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    def cancel(self) -> None:
+        """Stop the background training (at its next step) and wait for it."""
+        self._stop.set()
+        self._release()
+        self._thread.join()
+
+    def _release(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._cores)
+        self._share = self._cores
