@@ -9,7 +9,10 @@ cosine classifier over the catalogue's products (normalised softmax with one lea
 per product). Batch-norm statistics stay frozen: catalogues are small and batches are mixed.
 The tail runs in channels-last memory format (on a 2-core Xeon it trains in 0.57x the time of
 the default layout) and, while it trains, with each frozen batch norm folded into the
-convolution before it (0.85x again); both keep the arithmetic (docs/benchmarks.md).
+convolution before it (0.85x again); both keep the arithmetic (docs/benchmarks.md). The
+training crops are drawn in a worker thread while the trunk runs, and a second model can train
+beside the first (``TrainingBeside``), one torch thread each, which makes better use of two
+cores than one training on both.
 
 Supported: timm EfficientNet-family models (``conv_stem``, ``bn1``, ``blocks``,
 ``conv_head``, ``bn2``), which includes the default EfficientNet-Lite0.
