@@ -335,13 +335,11 @@ class FineTuner:
         selected: np.ndarray | None = None,
         progress: Callable[[str], None] = lambda message: None,
         *,
-        threads: Callable[[], int] | None = None,
-        stop: threading.Event | None = None,
+        between_steps: Callable[[], None] = lambda: None,
     ) -> dict[str, Any]:
         """Train the tail, from its initial weights, on the added images (all, or a boolean
-        selection); returns timings and the last epoch's loss. ``threads`` (read between
-        steps) sets this thread's torch threads; ``stop`` ends the training early with
-        ``TrainingStopped``."""
+        selection); returns timings and the last epoch's loss. ``between_steps`` runs before
+        each step (``TrainingBeside`` sets the thread count there, or stops the training)."""
         import torch
         import torch.nn.functional as F
 
@@ -380,7 +378,7 @@ class FineTuner:
         with _norms_folded(self.tail):
             for epoch in range(config.epochs):
                 loss_value = self._epoch(
-                    views, rows, targets, proxies, optimiser, schedule, threads, stop
+                    views, rows, targets, proxies, optimiser, schedule, between_steps
                 )
                 progress(f"epoch {epoch + 1}/{config.epochs}: loss {loss_value:.3f}")
         self._trained_tail = copy.deepcopy(self.tail.state_dict())
@@ -401,8 +399,7 @@ class FineTuner:
         proxies: Any,
         optimiser: Any,
         schedule: Any,
-        threads: Callable[[], int] | None,
-        stop: threading.Event | None,
+        between_steps: Callable[[], None],
     ) -> float:
         """One pass over the images, each in one of its views drawn at random; the mean loss."""
         import torch
@@ -414,10 +411,7 @@ class FineTuner:
         chosen = torch.randint(0, len(views), (len(targets),), generator=self.generator)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
-            if stop is not None and stop.is_set():
-                raise TrainingStopped("The training was stopped.")
-            if threads is not None and threads() != torch.get_num_threads():
-                torch.set_num_threads(threads())
+            between_steps()
             index = order[start : start + config.batch_size]
             batch = torch.stack(
                 [
@@ -507,11 +501,20 @@ class TrainingBeside:
             self._outcome = tuner.train(
                 selected,
                 lambda line: self._lines.put(f"{self._label}: {line}"),
-                threads=lambda: self._share,
-                stop=self._stop,
+                between_steps=self._between_steps,
             )
         except BaseException as exc:  # raised again in the calling thread, by result()
             self._outcome = exc
+
+    def _between_steps(self) -> None:
+        """In the background thread: stop when cancelled, else take the current share of
+        threads (torch's thread count is per thread once set)."""
+        import torch
+
+        if self._stop.is_set():
+            raise TrainingStopped("The training was stopped.")
+        if torch.get_num_threads() != self._share:
+            torch.set_num_threads(self._share)
 
     def relay(self, progress: Callable[[str], None]) -> None:
         """Pass the background training's progress lines on, from the calling thread."""
