@@ -10,6 +10,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from tests.conftest import jpeg_bytes
+from visual_search import services
 from visual_search.api.fetch import FetchRefused, fetch
 from visual_search.models_registry import get_product_model
 
@@ -125,6 +126,21 @@ def test_unknown_product_and_product_without_embedding(client, catalogue, make_p
     fresh = make_product("Pending", jpeg_bytes())
     response = client.get(similar_url(fresh.pk))
     assert response.status_code == 409 and response.json()["code"] == "not_embedded"
+
+
+def test_answers_say_while_catalogue_images_wait_to_be_embedded(
+    client, catalogue, make_product, photos
+):
+    banana = photos("val", "Banana")[0]
+    assert upload(client, banana).json()["indexing"] is False
+    fresh = make_product("Pending", jpeg_bytes())
+    services.mark_pending(fresh)  # what saving it records before the worker's task runs
+    body = upload(client, banana).json()
+    assert body["indexing"] is True
+    assert body["results"][0]["product"]["name"] == "Banana"  # the embedded ones still answer
+    assert client.get(similar_url(catalogue["Kiwi"].pk)).json()["indexing"] is True
+    services.embed_many([fresh.pk])
+    assert upload(client, banana).json()["indexing"] is False
 
 
 def test_throttled_with_429(client, catalogue, settings):

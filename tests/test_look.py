@@ -216,6 +216,7 @@ def test_shop_the_look_api(client, gallery_catalogue, photos):
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["width"] == 800 and body["count"] == len(body["groups"]) >= 1
+    assert body["indexing"] is False
     assert len(body["groups"][0]["box"]) == 4 and len(body["groups"][0]["results"]) <= 2
     objectness = [g["objectness"] for g in body["groups"]]
     assert objectness == sorted(objectness, reverse=True) and 0 < objectness[-1] <= 1

@@ -38,6 +38,7 @@ from visual_search.models_registry import get_product_model
 from visual_search.pipeline import EmbedReport, embed_products, sync_gallery_rows
 from visual_search.queries import (
     Neighbour,
+    has_pending_image,
     has_ready_embedding,
     nearest_per_query,
     nearest_products,
@@ -439,6 +440,12 @@ def _evaluation(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def images_pending() -> bool:
+    """Whether catalogue images still wait to be embedded (a worker is catching up, or none
+    runs): searches cannot find them yet, so answers say so."""
+    return has_pending_image(current_space_name())
+
+
 # Pending this long, an embedding is probably waiting for a worker that is not running (a
 # large backlog also takes long: the page says to look whether the number falls).
 STUCK_PENDING_AFTER = timedelta(minutes=10)
@@ -498,6 +505,7 @@ __all__ = [
     "ProductNotEmbedded",
     "SearchResult",
     "embed_many",
+    "images_pending",
     "embed_product",
     "mark_pending",
     "encoder_for_space",

@@ -105,6 +105,10 @@ class ResultSerializer(serializers.Serializer):
 class ResultsSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     space = serializers.CharField(help_text="The embedding space the search ran in.")
+    indexing = serializers.BooleanField(
+        help_text="True while some catalogue images still wait to be embedded (a worker is "
+        "catching up, or none is running): their products cannot be found yet."
+    )
     results = ResultSerializer(many=True)
 
 
@@ -134,6 +138,7 @@ class LookGroupSerializer(serializers.Serializer):
 class LookResultsSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     space = serializers.CharField()
+    indexing = serializers.BooleanField(help_text="As in the search results.")
     width = serializers.IntegerField(help_text="Width of the photo the boxes refer to.")
     height = serializers.IntegerField()
     groups = LookGroupSerializer(many=True)

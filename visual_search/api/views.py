@@ -115,7 +115,13 @@ class VisualSearchView(APIView):
         serializer: type = ResultsSerializer,
         **extra: Any,
     ) -> Response:
-        data = {"count": len(results), "space": _space_name(), "results": results, **extra}
+        data = {
+            "count": len(results),
+            "space": _space_name(),
+            "indexing": services.images_pending(),
+            "results": results,
+            **extra,
+        }
         return Response(serializer(data, context={"request": request}).data)
 
     def photo_results(
@@ -224,6 +230,7 @@ class ShopTheLookView(VisualSearchView):
         data = {
             "count": len(groups),
             "space": _space_name(),
+            "indexing": services.images_pending(),
             "width": picture.width,
             "height": picture.height,
             "groups": [
