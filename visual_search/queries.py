@@ -193,7 +193,7 @@ def has_ready_embedding(space: EmbeddingSpace | None, product_pk: Any) -> bool:
 
 
 def has_pending_image(space_name: str) -> bool:
-    """Whether any image waits to be embedded in the space. Every API answer asks, so in SQL:
+    """Whether any image waits to be embedded in the space. Every search answer asks, so in SQL:
     0.2 ms for the index probe against 0.8 ms through the ORM (on 2 cores)."""
     with connection.cursor() as cursor:
         cursor.execute(
