@@ -412,6 +412,7 @@ def test_calibrated_confidence_lets_the_api_say_no_match(labelled_catalogue, pho
     assert refused == {
         "count": 0,
         "space": refused["space"],
+        "indexing": False,
         "match": False,
         "min_confidence": threshold,
         "results": [],
