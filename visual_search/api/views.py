@@ -115,13 +115,7 @@ class VisualSearchView(APIView):
         serializer: type = ResultsSerializer,
         **extra: Any,
     ) -> Response:
-        data = {
-            "count": len(results),
-            "space": _space_name(),
-            "indexing": services.images_pending(),
-            "results": results,
-            **extra,
-        }
+        data = {"count": len(results), **_space_state(), "results": results, **extra}
         return Response(serializer(data, context={"request": request}).data)
 
     def photo_results(
@@ -137,9 +131,13 @@ class VisualSearchView(APIView):
         )
 
 
-def _space_name() -> str:
+def _space_state() -> dict[str, Any]:
+    """What every search answer says of the space it searched."""
     space = services.query_space()
-    return space.name if space else services.current_space_name()
+    return {
+        "space": space.name if space else services.current_space_name(),
+        "indexing": services.images_pending(),
+    }
 
 
 FILTER_NOTE = "Any filter the shop declared in VISUAL_SEARCH['API']['FILTERS'] may be added."
@@ -229,8 +227,7 @@ class ShopTheLookView(VisualSearchView):
             raise image_error(exc)
         data = {
             "count": len(groups),
-            "space": _space_name(),
-            "indexing": services.images_pending(),
+            **_space_state(),
             "width": picture.width,
             "height": picture.height,
             "groups": [
