@@ -84,6 +84,49 @@ def test_index_command_builds_concurrently_and_rebuilds(catalogue):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_one_session_at_a_time_builds_an_index(catalogue):
+    """A worker that finds the index missing while a rebuild swaps it in must not drop the
+    rebuild's new index: a build waits for (rebuild) or leaves to (ensure) the lock's holder."""
+    import threading
+
+    from django.db import connections, transaction
+
+    from visual_search.indexing import build_lock_key, drop_index, ensure_index
+    from visual_search.models import EmbeddingSpace
+
+    space = EmbeddingSpace.objects.get(name=services.current_space_name())
+    name = index_state(space.name).name
+    drop_index(name)
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [build_lock_key(name)])
+        assert ensure_index(space) == 0.0
+        with transaction.atomic():
+            assert ensure_index(space) == 0.0
+        assert not index_state(space.name).exists
+
+        def rebuild() -> None:
+            try:
+                ensure_index(space, rebuild=True)
+            finally:
+                connections.close_all()
+
+        builder = threading.Thread(target=rebuild)
+        builder.start()
+        builder.join(timeout=2)
+        assert builder.is_alive() and not index_state(space.name).exists
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [build_lock_key(name)])
+        builder.join(timeout=60)
+        assert not builder.is_alive()
+    finally:
+        other.close()
+    assert index_state(space.name).valid
+    assert ensure_index(space) == 0.0  # the lock was given back: a valid index, nothing to do
+
+
+@pytest.mark.django_db(transaction=True)
 def test_commands_warn_about_unapplied_migrations_before_they_fail():
     """An upgraded app whose new migration was not applied: the command says why it fails."""
     from django.db.migrations.loader import MigrationLoader

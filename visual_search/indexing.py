@@ -12,6 +12,8 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.db import DatabaseError, connection, transaction
@@ -92,10 +94,12 @@ def ensure_index(
     space: EmbeddingSpace, *, rebuild: bool = False, segment: str | None = None
 ) -> float:
     """Create (or rebuild) the space's HNSW index, or one segment's; returns the seconds it
-    took.
+    took (0 when there was nothing to do, or another session was building it).
 
     Outside a transaction it is built CONCURRENTLY, so writes go on meanwhile; an invalid
-    index left by an interrupted concurrent build is dropped and built again.
+    index left by an interrupted concurrent build is dropped and built again. One session at
+    a time builds an index: without that, a worker embedding new products would see the
+    index missing for the instant a rebuild swaps it, and drop the rebuild's new index.
     """
     state = index_state(space.name, segment)
     if state.exists and state.valid and not rebuild:
@@ -106,11 +110,59 @@ def ensure_index(
         # deferred-constraint triggers) must not break the caller's work.
         try:
             with transaction.atomic():
-                return _build(space, state, predicate, concurrently="")
+                if not _try_lock(state.name, "pg_try_advisory_xact_lock"):
+                    return 0.0
+                return _build_unless_valid(space, segment, predicate, rebuild, concurrently="")
         except DatabaseError as exc:
             logger.warning("HNSW index for %s not built inside a transaction: %s", space.name, exc)
             return 0.0
-    return _build(space, state, predicate, concurrently="CONCURRENTLY")
+    with build_lock(state.name, wait=rebuild) as held:
+        if not held:
+            return 0.0
+        return _build_unless_valid(space, segment, predicate, rebuild, concurrently="CONCURRENTLY")
+
+
+def _build_unless_valid(
+    space: EmbeddingSpace, segment: str | None, predicate: str, rebuild: bool, *, concurrently: str
+) -> float:
+    # Read again under the lock: as its last holder left it.
+    state = index_state(space.name, segment)
+    if state.exists and state.valid and not rebuild:
+        return 0.0
+    return _build(space, state, predicate, concurrently=concurrently)
+
+
+def build_lock_key(name: str) -> int:
+    """The advisory lock key of an index's builds: a signed 64-bit hash of its name."""
+    return int.from_bytes(hashlib.sha1(f"visual_search:{name}".encode()).digest()[:8], signed=True)
+
+
+def _try_lock(name: str, function: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s)", [build_lock_key(name)])
+        return bool(cursor.fetchone()[0])
+
+
+@contextmanager
+def build_lock(name: str, *, wait: bool, poll_seconds: float = 0.5) -> Iterator[bool]:
+    """Hold the session-level advisory lock of an index's builds; yields whether it is held.
+
+    Waiting polls instead of blocking in ``pg_advisory_lock``: a session blocked there holds
+    a snapshot, which the holder's CREATE INDEX CONCURRENTLY would wait for in turn.
+    """
+    held = _try_lock(name, "pg_try_advisory_lock")
+    while wait and not held:
+        time.sleep(poll_seconds)
+        held = _try_lock(name, "pg_try_advisory_lock")
+    try:
+        yield held
+    finally:
+        if held:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [build_lock_key(name)])
+            except DatabaseError:  # a lost connection took its lock with it
+                logger.warning("Could not release the build lock of %s", name, exc_info=True)
 
 
 def drop_index(name: str) -> None:
