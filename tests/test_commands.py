@@ -106,9 +106,11 @@ def test_one_session_at_a_time_builds_an_index(catalogue):
             assert ensure_index(space) == 0.0
         assert not index_state(space.name).exists
 
+        output: list[str] = []
+
         def rebuild() -> None:
             try:
-                ensure_index(space, rebuild=True)
+                output.extend(run("visual_search_index", "--rebuild"))
             finally:
                 connections.close_all()
 
@@ -122,6 +124,8 @@ def test_one_session_at_a_time_builds_an_index(catalogue):
         assert not builder.is_alive()
     finally:
         other.close()
+    out = output[0]
+    assert "Another session is building this index; waiting" in out and "Built vs_hnsw_" in out
     assert index_state(space.name).valid
     with build_lock(name, wait=False) as held:
         assert held  # the builder gave the lock back

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -91,7 +91,11 @@ def _states(condition: str, value: str) -> list[IndexState]:
 
 
 def ensure_index(
-    space: EmbeddingSpace, *, rebuild: bool = False, segment: str | None = None
+    space: EmbeddingSpace,
+    *,
+    rebuild: bool = False,
+    segment: str | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> float:
     """Create (or rebuild) the space's HNSW index, or one segment's; returns the seconds it
     took (0 when there was nothing to do, or another session was building it).
@@ -100,6 +104,7 @@ def ensure_index(
     index left by an interrupted concurrent build is dropped and built again. One session at
     a time builds an index: without that, a worker embedding new products would see the
     index missing for the instant a rebuild swaps it, and drop the rebuild's new index.
+    ``on_wait`` is called once when a rebuild has to wait for another session's build.
     """
     state = index_state(space.name, segment)
     if state.exists and state.valid and not rebuild:
@@ -116,7 +121,7 @@ def ensure_index(
         except DatabaseError as exc:
             logger.warning("HNSW index for %s not built inside a transaction: %s", space.name, exc)
             return 0.0
-    with build_lock(state.name, wait=rebuild) as held:
+    with build_lock(state.name, wait=rebuild, on_wait=on_wait) as held:
         if not held:
             return 0.0
         return _build_unless_valid(space, segment, predicate, rebuild, concurrently="CONCURRENTLY")
@@ -144,13 +149,21 @@ def _try_lock(name: str, function: str) -> bool:
 
 
 @contextmanager
-def build_lock(name: str, *, wait: bool, poll_seconds: float = 0.5) -> Iterator[bool]:
+def build_lock(
+    name: str,
+    *,
+    wait: bool,
+    on_wait: Callable[[], None] | None = None,
+    poll_seconds: float = 0.5,
+) -> Iterator[bool]:
     """Hold the session-level advisory lock of an index's builds; yields whether it is held.
 
     Waiting polls instead of blocking in ``pg_advisory_lock``: a session blocked there holds
     a snapshot, which the holder's CREATE INDEX CONCURRENTLY would wait for in turn.
     """
     held = _try_lock(name, "pg_try_advisory_lock")
+    if wait and not held and on_wait is not None:
+        on_wait()
     while wait and not held:
         time.sleep(poll_seconds)
         held = _try_lock(name, "pg_try_advisory_lock")

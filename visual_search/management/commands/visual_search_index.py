@@ -70,7 +70,13 @@ class Command(BaseCommand):
             f"Building {state.name} concurrently (m={hnsw['M']}, ef_construction="
             f"{hnsw['EF_CONSTRUCTION']}, maintenance_work_mem={hnsw['MAINTENANCE_WORK_MEM']})..."
         )
-        seconds = ensure_index(row, rebuild=True)
+        seconds = ensure_index(
+            row,
+            rebuild=True,
+            on_wait=lambda: self.stdout.write(
+                "Another session is building this index; waiting for it to finish..."
+            ),
+        )
         state = index_state(row.name)
         if not state.valid:
             raise CommandError(f"The index {state.name} was not built correctly; run again.")
