@@ -115,7 +115,7 @@ def ensure_index(
         # deferred-constraint triggers) must not break the caller's work.
         try:
             with transaction.atomic():
-                if not _try_lock(state.name, "pg_try_advisory_xact_lock"):
+                if not _advisory(state.name, "pg_try_advisory_xact_lock"):
                     return 0.0
                 return _build_unless_valid(space, segment, predicate, rebuild, concurrently="")
         except DatabaseError as exc:
@@ -142,7 +142,8 @@ def build_lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha1(f"visual_search:{name}".encode()).digest()[:8], signed=True)
 
 
-def _try_lock(name: str, function: str) -> bool:
+def _advisory(name: str, function: str) -> bool:
+    """Call one of PostgreSQL's advisory lock functions on the index's build lock."""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {function}(%s)", [build_lock_key(name)])
         return bool(cursor.fetchone()[0])
@@ -161,19 +162,18 @@ def build_lock(
     Waiting polls instead of blocking in ``pg_advisory_lock``: a session blocked there holds
     a snapshot, which the holder's CREATE INDEX CONCURRENTLY would wait for in turn.
     """
-    held = _try_lock(name, "pg_try_advisory_lock")
+    held = _advisory(name, "pg_try_advisory_lock")
     if wait and not held and on_wait is not None:
         on_wait()
     while wait and not held:
         time.sleep(poll_seconds)
-        held = _try_lock(name, "pg_try_advisory_lock")
+        held = _advisory(name, "pg_try_advisory_lock")
     try:
         yield held
     finally:
         if held:
             try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [build_lock_key(name)])
+                _advisory(name, "pg_advisory_unlock")
             except DatabaseError:  # a lost connection took its lock with it
                 logger.warning("Could not release the build lock of %s", name, exc_info=True)
 
