@@ -88,6 +88,7 @@ def test_one_session_at_a_time_builds_an_index(catalogue):
     """A worker that finds the index missing while a rebuild swaps it in must not drop the
     rebuild's new index: a build waits for (rebuild) or leaves to (ensure) the lock's holder."""
     import threading
+    import time
 
     from django.db import connections, transaction
 
@@ -96,11 +97,18 @@ def test_one_session_at_a_time_builds_an_index(catalogue):
 
     space = EmbeddingSpace.objects.get(name=services.current_space_name())
     name = index_state(space.name).name
-    drop_index(name)
     other = connections.create_connection("default")
     try:
+        # Take the lock first, polling: the worker may be building this index now, and a
+        # session blocked in pg_advisory_lock would deadlock with its CREATE INDEX
+        # CONCURRENTLY (which waits for that session's snapshot).
         with other.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [build_lock_key(name)])
+            while True:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [build_lock_key(name)])
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.1)
+        drop_index(name)
         assert ensure_index(space) == 0.0
         with transaction.atomic():
             assert ensure_index(space) == 0.0
