@@ -9,7 +9,10 @@ images, never from the queries. Gallery variants:
 - studio only, learned from the same products' photos: the shop has photos to learn from
   but searches only its studio images;
 - studio only, learned from OTHER products (5 folds of products): each fold's products are
-  searched by their studio image with a model that never saw any image of them.
+  searched by their studio image with a model that never saw any image of them;
+- with --folds, also the gallery a shop holds after adapting: each fold's products added later
+  with their studio image alone, beside the learned products' studio images and photos (queries
+  of the fold's products, and of the others, in that one gallery).
 
     python benchmarks/adaptation.py --data ../shared/data/grocery --gallery train --queries val
     python benchmarks/adaptation.py --data ../shared/data/grocery --gallery train --queries val --finetune --folds
@@ -48,6 +51,14 @@ def summary(r: np.ndarray) -> dict:
         "R@5": float((r <= 5).mean()),
         "R@10": float((r <= 10).mean()),
     }
+
+
+FOLD_GALLERIES = {
+    "studio only": "studio only",
+    "mixed, new products": "studio + photos, the fold's products by their studio image only",
+    "mixed, learned products": "studio + photos, the fold's products by their studio image "
+    "only (queries of the other products)",
+}
 
 
 def fine_tuning_rows(
@@ -154,24 +165,43 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
             ~np.isin(gallery_labels, fold) | (np.arange(len(gallery_labels)) < n_studio)
         )
     for suffix, selection in variants.items():
-        fold_ranks: dict[float, list] = {weight: [] for weight in weights}
+        fold_ranks: dict[tuple, list] = {}
         for fold in folds:
             tuner.train(selection(fold))
-            held = np.isin(query_labels, fold)
             for weight in weights:
                 tuner.blend(weight)
-                g = tuner.added_vectors()[:n_studio]
+                g = tuner.added_vectors()
                 q = tuner.embed_features(query_features)
-                fold_ranks[weight].append(ranks(q[held], query_labels[held], g, studio_labels))
+                for key, these, kept in fold_galleries(
+                    fold, query_labels, gallery_labels, n_studio
+                ):
+                    fold_ranks.setdefault((weight, key), []).append(
+                        ranks(q[these], query_labels[these], g[kept], gallery_labels[kept])
+                    )
         rows += [
             {
-                "gallery": "studio only",
+                "gallery": FOLD_GALLERIES[key],
                 "transform": f"{label}, fine-tuned weight {weight}{suffix}",
-                **summary(np.concatenate(fold_ranks[weight])),
+                **summary(np.concatenate(parts)),
             }
-            for weight in weights
+            for (weight, key), parts in fold_ranks.items()
         ]
     return rows
+
+
+def fold_galleries(fold, query_labels, gallery_labels, n_studio):
+    """(name, queries, gallery images) of each search of a fold's products that no model
+    learned: among the studio images only, and in the gallery a shop holds after adapting (the
+    fold's products added later with their studio image alone, beside the learned products'
+    studio images and photos), where the other products' queries are searched too."""
+    held = np.isin(query_labels, fold)
+    studio = np.arange(len(gallery_labels)) < n_studio
+    mixed = ~np.isin(gallery_labels, fold) | studio
+    return (
+        ("studio only", held, studio),
+        ("mixed, new products", held, mixed),
+        ("mixed, learned products", ~held, mixed),
+    )
 
 
 def main() -> None:
@@ -290,6 +320,21 @@ def main() -> None:
         )
     rng = np.random.default_rng(0)
     folds = np.array_split(rng.permutation(np.unique(studio_labels)), 5)
+    base_ranks: dict[str, list] = {}
+    for fold in folds:
+        for key, these, kept in fold_galleries(fold, query_labels, gallery_labels, len(studio)):
+            base_ranks.setdefault(key, []).append(
+                ranks(queries[these], query_labels[these], gallery[kept], gallery_labels[kept])
+            )
+    rows += [
+        {
+            "gallery": FOLD_GALLERIES[key],
+            "transform": "none (5 folds of products)",
+            **summary(np.concatenate(parts)),
+        }
+        for key, parts in base_ranks.items()
+        if key != "studio only"  # the row above, in the order of the folds
+    ]
     for dims in [int(d) for d in args.dims.split(",")]:
         all_ranks = []
         for fold in folds:
