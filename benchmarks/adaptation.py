@@ -323,6 +323,8 @@ def main() -> None:
     base_ranks: dict[str, list] = {}
     for fold in folds:
         for key, these, kept in fold_galleries(fold, query_labels, gallery_labels, len(studio)):
+            if key == "studio only":  # the base space's studio-only row above covers it
+                continue
             base_ranks.setdefault(key, []).append(
                 ranks(queries[these], query_labels[these], gallery[kept], gallery_labels[kept])
             )
@@ -333,7 +335,6 @@ def main() -> None:
             **summary(np.concatenate(parts)),
         }
         for key, parts in base_ranks.items()
-        if key != "studio only"  # the row above, in the order of the folds
     ]
     for dims in [int(d) for d in args.dims.split(",")]:
         all_ranks = []
