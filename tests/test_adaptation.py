@@ -488,6 +488,28 @@ def test_fine_tuning_margin_raises_the_loss_of_the_same_step():
     assert losses[0.3] > losses[0.0] > 0
 
 
+def test_complement_entropy_is_zero_only_when_the_other_products_are_equally_far():
+    """The second loss (an ablation parameter, 0 by default) ignores each image's own product
+    and grows as its softmax over the others leans towards one of them."""
+    import torch
+
+    from visual_search.fine_tuning import _unevenness_of_the_rest
+
+    own = torch.nn.functional.one_hot(torch.tensor([0, 2]), 4)
+    flat = torch.tensor([[9.0, 1.0, 1.0, 1.0], [-5.0, -5.0, 3.0, -5.0]])
+    assert float(_unevenness_of_the_rest(flat, own)) == pytest.approx(0.0, abs=1e-6)
+    leaning = torch.tensor([[9.0, 4.0, 1.0, 1.0], [-5.0, -5.0, 3.0, -5.0]])
+    unevenness = _unevenness_of_the_rest(leaning, own)
+    assert float(unevenness) > 0.1
+    own_changed = leaning.clone()
+    own_changed[0, 0] = -20.0
+    assert float(_unevenness_of_the_rest(own_changed, own)) == pytest.approx(float(unevenness))
+    leaning.requires_grad_(True)
+    _unevenness_of_the_rest(leaning, own).backward()
+    assert torch.isfinite(leaning.grad).all()
+    assert float(leaning.grad[0, 0]) == 0.0 and float(leaning.grad[0, 1]) > 0
+
+
 def test_the_model_kept_is_the_trained_tail_blended_with_the_pretrained_one():
     """WiSE-FT: the stored weights are fine_tuned_weight x trained + the rest pretrained."""
     import io

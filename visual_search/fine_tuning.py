@@ -62,12 +62,27 @@ class FineTuneConfig:
     # Subtracted from the cosine of each image's own product while training (CosFace). 0.15
     # helped "not ours" in offline runs but not through the pipeline (docs/benchmarks.md).
     margin: float = 0.0
+    # Weight of a second loss that flattens each image's softmax over the OTHER products, so a
+    # photo does not sit near one look-alike: meant to leave products the model never learned
+    # (photos of what the shop does not sell) less confident. 0 = off (docs/benchmarks.md).
+    complement_entropy: float = 0.0
     batch_size: int = 64
     augmented_views: int = 3  # random crops per image, besides the plain one
     seed: int = 0
     # The model kept is this mix of the trained and the pretrained tail weights (WiSE-FT). 0.85
     # helped products the model never learned a little and photo search not (docs/benchmarks.md).
     fine_tuned_weight: float = 1.0
+
+
+def _unevenness_of_the_rest(logits: Any, own: Any) -> Any:
+    """The mean, over a batch, of log(K - 1) minus the entropy of each row's softmax over its
+    K - 1 other products: 0 when an image is equally far from all of them."""
+    import torch.nn.functional as F
+
+    mask = own.bool()
+    others = F.log_softmax(logits.masked_fill(mask, float("-inf")), dim=1).masked_fill(mask, 0.0)
+    entropy = -(others.exp() * others).sum(dim=1)
+    return (np.log(logits.shape[1] - 1) - entropy).mean()
 
 
 def _parts(model: Any, trained_stages: int) -> tuple[Any, Any]:
@@ -423,7 +438,10 @@ class FineTuner:
                 batch = batch.flip(3)
             cosines = _pool(self.tail, batch) @ F.normalize(proxies, dim=1).T
             own = F.one_hot(targets[index], len(proxies))
-            loss = F.cross_entropy(config.scale * (cosines - config.margin * own), targets[index])
+            logits = config.scale * (cosines - config.margin * own)
+            loss = F.cross_entropy(logits, targets[index])
+            if config.complement_entropy:
+                loss = loss + config.complement_entropy * _unevenness_of_the_rest(logits, own)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
