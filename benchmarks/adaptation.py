@@ -105,8 +105,8 @@ def fine_tuning_rows(
             tuner.config = FineTuneConfig(
                 epochs=args.epochs,
                 trained_stages=stages,
-                learning_rate=args.learning_rate,
-                scale=args.scale,
+                learning_rate=args.learning_rate or FineTuneConfig.learning_rate,
+                scale=args.scale or FineTuneConfig.scale,
                 margin=margin,
             )
             started = time.monotonic()
@@ -212,8 +212,12 @@ def main() -> None:
     parser.add_argument("--shrink", type=float, default=0.1)
     parser.add_argument("--finetune", action="store_true", help="add fine-tuning rows")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
-    parser.add_argument("--learning-rate", type=float, default=5e-4, help="fine-tuning")
-    parser.add_argument("--scale", type=float, default=12.0, help="fine-tuning cosine scale")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="fine-tuning (default: the app's)"
+    )
+    parser.add_argument(
+        "--scale", type=float, default=None, help="fine-tuning cosine scale (default: the app's)"
+    )
     parser.add_argument(
         "--trained-stages", default="2", help="fine-tuning: comma list of stages trained"
     )
