@@ -98,17 +98,15 @@ def _commit() -> str:
     """HEAD, with "+uncommitted" when tracked files differ from it: the figures then come from
     code no commit holds, and the docs must say what the change was."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty=+uncommitted", "--exclude=*"],
             cwd=REPO,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return ""
-    return f"{head}+uncommitted" if changed else head
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
