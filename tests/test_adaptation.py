@@ -128,7 +128,7 @@ def test_adapt_checks_on_held_out_images_then_switches_and_reverts(
 
 
 def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces(
-    labelled_catalogue, make_product, photos, settings
+    labelled_catalogue, make_product, photos, settings, admin_client
 ):
     from visual_search.adaptation import space_encoder
     from visual_search.encoders import get_encoder
@@ -186,12 +186,21 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
             else:  # pooled from the base-space regions on the box
                 assert np.abs(region_scores - top.score).min() < 1e-6
     # A product saved now is encoded by both models.
+    added = {s["name"]: s["added_since_adaptation"] for s in services.status_report()["spaces"]}
+    assert added == {base.name: None, adapted.name: {"images": 0, "products": 0}}
     fresh = make_product("Kiwi too", photos("train", "Kiwi")[-1])
     services.embed_product(fresh)
     stored = ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted)
     expected = space_encoder(adapted).encode([load_image(photos("train", "Kiwi")[-1])])[0]
     assert float(np.asarray(stored.embedding) @ expected) > 0.999
     assert ProductEmbedding.objects.filter(product_id=fresh.pk, space=base, status="ready").exists()
+    # ... but not learned by the adapted one: the status page and command say so.
+    assert services.added_since_adaptation(adapted) == {"images": 1, "products": 1}
+    status = io.StringIO()
+    call_command("visual_search_status", stdout=status)
+    assert "1 image of 1 product added since this space was adapted" in status.getvalue()
+    page = admin_client.get("/admin/visual_search/productembedding/status/").content.decode()
+    assert "1 image of 1 product added since it was adapted" in page
     run("--revert")
     assert query_space() == base
     assert services.search_by_image(photos("val", "Kiwi")[0], k=1)[0].product in (kiwi, fresh)

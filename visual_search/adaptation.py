@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from django.db import transaction
+from django.utils import timezone
 from PIL import Image
 
 from visual_search import calibration
@@ -223,6 +224,8 @@ def adapt(
     base = get_current_space()
     if base is None or base.dimension is None:
         raise AdaptationRefused("Nothing is embedded yet: run visual_search_reindex first.")
+    # Images embedded after this moment are not learned: the status page counts them.
+    catalogue_as_of = timezone.now()
     rows = list(
         ProductEmbedding.objects.filter(space=base, status=EmbeddingStatus.READY)
         .order_by("product_id", "id")
@@ -270,6 +273,7 @@ def adapt(
             "fit_images": int(fit.sum()),
             "held_out_images": int(held.sum()),
             "stranger_products": stranger_products,
+            "catalogue_as_of": catalogue_as_of.isoformat(),
             "before": before,
             "after": after,
             "coverage_at_90_precision": {

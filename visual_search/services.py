@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -440,6 +440,22 @@ def _evaluation(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def added_since_adaptation(space: EmbeddingSpace) -> dict[str, int] | None:
+    """Images (and their products) embedded in the base space after ``space`` was learned:
+    its model encodes them but never learned them, and an unlearned product is found far less
+    often among learned ones (docs/benchmarks.md), so many of them call for adapting again.
+    None for a base space, or one adapted before adaptations recorded when they read the
+    catalogue."""
+    as_of = space.report.get("catalogue_as_of") if space.base_id else None
+    if not as_of:
+        return None
+    return ProductEmbedding.objects.filter(
+        space_id=space.base_id,
+        status=EmbeddingStatus.READY,
+        created_at__gt=datetime.fromisoformat(as_of),
+    ).aggregate(images=Count("id"), products=Count("product", distinct=True))
+
+
 def images_pending() -> bool:
     """Whether catalogue images still wait to be embedded (a worker is catching up, or none
     runs): searches cannot find them yet, so answers say so."""
@@ -476,6 +492,7 @@ def status_report() -> dict[str, Any]:
                 "active": bool(space and space.is_active),
                 "derived_from": space.base_id if space else None,
                 "evaluation": _evaluation(space.report if space else {}),
+                "added_since_adaptation": added_since_adaptation(space) if space else None,
                 "dimension": space.dimension if space else None,
                 "counts": by_status,
                 "index": state,
@@ -504,6 +521,7 @@ def status_report() -> dict[str, Any]:
 __all__ = [
     "ProductNotEmbedded",
     "SearchResult",
+    "added_since_adaptation",
     "embed_many",
     "images_pending",
     "embed_product",

@@ -37,6 +37,12 @@ class Command(BaseCommand):
                 + (f", {index.size_bytes // 1024} kB" if index.exists else "")
                 + _segment_summary(space["segment_indexes"])
             )
+            if (added := space["added_since_adaptation"]) and added["images"]:
+                self.stdout.write(
+                    f"  {_count(added['images'], 'image')} of {_count(added['products'], 'product')}"
+                    " added since this space was adapted: encoded, not learned "
+                    "(visual_search_adapt learns them)"
+                )
             if space["current"]:
                 if counts["failed"]:
                     problems.append(f"{counts['failed']} failed embeddings")
@@ -66,3 +72,7 @@ def _segment_summary(indexes: list[IndexState]) -> str:
     if not indexes:
         return ""
     return f"; {len(indexes)} segment indexes, {sum(i.size_bytes for i in indexes) // 1024} kB"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
