@@ -128,7 +128,7 @@ def evaluate(
     from visual_search import calibration, services
     from visual_search.spaces import query_space
 
-    ranks, latencies, confidence, correct, inside = [], [], [], [], []
+    ranks, latencies, confidence, correct, inside, records = [], [], [], [], [], []
     for path, fine in queries:
         with connection.cursor() as cursor:
             cursor.execute("SET enable_indexscan = %s", ["on" if mode == "hnsw" else "off"])
@@ -141,10 +141,23 @@ def evaluate(
             ranks.append(found.index(fine) + 1 if fine in found else None)
         confidence.append(results[0].confidence if results else 0.0)
         correct.append(bool(found) and found[0] == fine)
+        if args.per_query:
+            records.append(
+                {
+                    "query": path,
+                    "class": fine,
+                    "in_catalogue": inside[-1],
+                    "found": found,
+                    "scores": [round(r.score, 5) for r in results],
+                    "confidence": confidence[-1],
+                }
+            )
     with connection.cursor() as cursor:
         cursor.execute("RESET enable_indexscan")
     latencies.sort()
     row = {**metrics(ranks), "p50_ms": latencies[len(latencies) // 2] * 1000}
+    if args.per_query:
+        row["per_query"] = records
     if strangers and None not in confidence:
         confidence_a, correct_a, inside_a = map(np.array, (confidence, correct, inside))
         curve = calibration.precision_coverage(confidence_a, correct_a, inside_a)
@@ -188,6 +201,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="which classes are held out")
     parser.add_argument(
+        "--per-query",
+        action="store_true",
+        help="also record each query's ranking (classes, scores, confidence) in the JSON, "
+        "to study the confidence offline",
+    )
+    parser.add_argument(
         "--output",
         default="retrieval",
         help="results/<name>.json, or an absolute path without .json",
@@ -224,7 +243,7 @@ def main() -> None:
     )
 
     added: set[str] = set()
-    rows, timings = [], {}
+    rows, timings, per_query = [], {}, {}
     for variant in variants:
         parts = [p.strip() for p in variant.split(",") if p.strip()]
         if parts[0] != "iconic":
@@ -284,6 +303,8 @@ def main() -> None:
                 adaptation.switch(space)
             for mode in ("hnsw", "exact"):
                 row = evaluate(args, queries, by_pk, strangers, mode)
+                if args.per_query:
+                    per_query[f"{variant} {label} {mode}"] = row.pop("per_query")
                 row = {
                     "gallery": variant,
                     "gallery_images": gallery_size,
@@ -327,6 +348,7 @@ def main() -> None:
             "runtime": getattr(encoder, "runtime", None),
             "embedding": timings,
             "results": rows,
+            **({"per_query": per_query} if args.per_query else {}),
         },
     )
 
