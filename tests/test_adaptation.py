@@ -185,9 +185,9 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
                 assert abs(top.score - box_score) < 0.01 and group.score == top.score
             else:  # pooled from the base-space regions on the box
                 assert np.abs(region_scores - top.score).min() < 1e-6
-    # A product saved now is encoded by both models.
     added = {s["name"]: s["added_since_adaptation"] for s in services.status_report()["spaces"]}
     assert added == {base.name: None, adapted.name: {"images": 0, "products": 0}}
+    # A product saved now is encoded by both models.
     fresh = make_product("Kiwi too", photos("train", "Kiwi")[-1])
     services.embed_product(fresh)
     stored = ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted)

@@ -444,8 +444,8 @@ def added_since_adaptation(space: EmbeddingSpace) -> dict[str, int] | None:
     """Images (and their products) embedded in the base space after ``space`` was learned:
     its model encodes them but never learned them, and an unlearned product is found far less
     often among learned ones (docs/benchmarks.md), so many of them call for adapting again.
-    None for a base space, or one adapted before adaptations recorded when they read the
-    catalogue."""
+    None for a base space, and for a space whose report has no ``catalogue_as_of`` (adapted
+    by an earlier version)."""
     as_of = space.report.get("catalogue_as_of") if space.base_id else None
     if not as_of:
         return None
