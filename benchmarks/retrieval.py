@@ -119,9 +119,10 @@ def metrics(ranks: list[int | None]) -> dict[str, float]:
 
 def evaluate(
     args: Any, queries: list[tuple[str, str]], by_pk: dict[Any, str], strangers: set[str], mode: str
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Search every query in the active space; ranks of in-catalogue queries, latency, and
-    (with strangers) how the calibrated confidence separates answers from strangers."""
+    (with strangers) how the calibrated confidence separates answers from strangers; with
+    --per-query, each query's ranking too."""
     import numpy as np
     from django.db import connection
 
@@ -156,8 +157,6 @@ def evaluate(
         cursor.execute("RESET enable_indexscan")
     latencies.sort()
     row = {**metrics(ranks), "p50_ms": latencies[len(latencies) // 2] * 1000}
-    if args.per_query:
-        row["per_query"] = records
     if strangers and None not in confidence:
         confidence_a, correct_a, inside_a = map(np.array, (confidence, correct, inside))
         curve = calibration.precision_coverage(confidence_a, correct_a, inside_a)
@@ -169,7 +168,7 @@ def evaluate(
             row["threshold"] = threshold
             row["prec@thr"] = float(correct_a[answered].mean()) if answered.any() else 1.0
             row["cov@thr"] = float((answered & inside_a).sum() / inside_a.sum())
-    return row
+    return row, records
 
 
 def main() -> None:
@@ -302,9 +301,9 @@ def main() -> None:
                 )
                 adaptation.switch(space)
             for mode in ("hnsw", "exact"):
-                row = evaluate(args, queries, by_pk, strangers, mode)
+                row, records = evaluate(args, queries, by_pk, strangers, mode)
                 if args.per_query:
-                    per_query[f"{variant} {label} {mode}"] = row.pop("per_query")
+                    per_query[f"{variant} {label} {mode}"] = records
                 row = {
                     "gallery": variant,
                     "gallery_images": gallery_size,

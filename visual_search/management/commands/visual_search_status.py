@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from visual_search.indexing import IndexState
@@ -39,9 +40,9 @@ class Command(BaseCommand):
             )
             if (added := space["added_since_adaptation"]) and added["images"]:
                 self.stdout.write(
-                    f"  {_count(added['images'], 'image')} of {_count(added['products'], 'product')}"
-                    " added since this space was adapted: encoded, not learned "
-                    "(visual_search_adapt learns them)"
+                    f"  {added['images']} image{pluralize(added['images'])} of "
+                    f"{added['products']} product{pluralize(added['products'])} added since "
+                    "this space was adapted: encoded, not learned (visual_search_adapt learns them)"
                 )
             if space["current"]:
                 if counts["failed"]:
@@ -72,7 +73,3 @@ def _segment_summary(indexes: list[IndexState]) -> str:
     if not indexes:
         return ""
     return f"; {len(indexes)} segment indexes, {sum(i.size_bytes for i in indexes) // 1024} kB"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
