@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,26 @@ def test_unknown_product_model():
 @override_settings(VISUAL_SEARCH_PRODUCT_MODEL="no-dot")
 def test_malformed_product_model():
     assert ids(checks.check_product_model()) == ["visual_search.E001"]
+
+
+def test_missing_product_model_setting_says_what_to_set(tmp_path):
+    # The app's foreign keys need the setting while its models load, before any system check.
+    (tmp_path / "bare_settings.py").write_text(
+        'SECRET_KEY = "x"\n'
+        'INSTALLED_APPS = ["django.contrib.contenttypes", "visual_search"]\n'
+        'DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}\n'
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env={"PYTHONPATH": str(tmp_path), "DJANGO_SETTINGS_MODULE": "bare_settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "ImproperlyConfigured: Set VISUAL_SEARCH_PRODUCT_MODEL = 'app_label.ModelName'" in (
+        run.stderr
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,11 @@ cascades to its embeddings.
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 from pgvector.django import HalfVectorField
+
+from visual_search.models_registry import product_model_label
 
 
 class EmbeddingSpace(models.Model):
@@ -130,7 +131,7 @@ class EmbeddingStatus(models.TextChoices):
 
 class ProductEmbedding(models.Model):
     product = models.ForeignKey(
-        getattr(settings, "VISUAL_SEARCH_PRODUCT_MODEL", None),
+        product_model_label(),
         on_delete=models.CASCADE,
         related_name="+",
         verbose_name=_("product"),
@@ -197,7 +198,7 @@ class LookItem(models.Model):
         Look, on_delete=models.CASCADE, related_name="items", verbose_name=_("look")
     )
     product = models.ForeignKey(
-        getattr(settings, "VISUAL_SEARCH_PRODUCT_MODEL", None),
+        product_model_label(),
         on_delete=models.CASCADE,
         related_name="+",
         verbose_name=_("product"),

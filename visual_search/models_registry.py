@@ -9,10 +9,20 @@ from django.db import models
 from visual_search.conf import vs_settings
 
 
-def get_product_model() -> type[models.Model]:
+def product_model_label() -> str:
+    """The setting's value; models.py declares its foreign keys with it, so a shop that has not
+    set it learns so at start-up instead of from ForeignKey(None)'s TypeError."""
     label = vs_settings.PRODUCT_MODEL
     if not label:
-        raise ImproperlyConfigured("Set VISUAL_SEARCH_PRODUCT_MODEL = 'app_label.ModelName'.")
+        raise ImproperlyConfigured(
+            "Set VISUAL_SEARCH_PRODUCT_MODEL = 'app_label.ModelName': the shop's product model "
+            "that visual_search indexes."
+        )
+    return label
+
+
+def get_product_model() -> type[models.Model]:
+    label = product_model_label()
     try:
         return apps.get_model(label, require_ready=False)
     except ValueError as exc:
