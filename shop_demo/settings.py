@@ -6,6 +6,7 @@ started in VISUAL_SEARCH_DATA_DIR (default: .devdata/ in the repository).
 
 import os
 from pathlib import Path
+from typing import Any
 
 from visual_search import embedded
 
@@ -83,7 +84,7 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", DATA_DIR / "media"))
 
 VISUAL_SEARCH_PRODUCT_MODEL = "catalog.Product"
-VISUAL_SEARCH = {
+VISUAL_SEARCH: dict[str, Any] = {
     "PRODUCT_IMAGES": "shop_demo.catalog.gallery.product_images",
     "IMAGE_MODELS": {"catalog.ProductImage": "product"},
     "DISPLAY_IMAGE": "image",

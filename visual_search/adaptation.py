@@ -118,6 +118,8 @@ def to_space(
     space does not need: it encodes the pictures with its own model)."""
     if is_fine_tuned(space):
         return space_encoder(space).encode(list(pictures))
+    if vectors is None:
+        raise ValueError(f"Space {space.name} maps the base encoder's vectors; none were given.")
     if space.base_id is None:
         return vectors
     return apply(vectors, *transform_of(space))
@@ -340,15 +342,16 @@ def _learn_whitening(
     dims: int,
     shrink: float,
 ) -> _Learned:
-    def learn(mask: np.ndarray) -> None:
-        learned.transform = learned_whitening(vectors[mask], labels[mask], dims, shrink)
-        mean, projection = learned.transform
+    def learn(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        learned.transform = mean, projection = learned_whitening(
+            vectors[mask], labels[mask], dims, shrink
+        )
         learned.encoder = {"TRANSFORM": {"mean": mean.tolist(), "projection": projection.tolist()}}
         learned.details["dims"] = int(projection.shape[1])  # at most the products less one
+        return mean, projection
 
     def refit(progress: Callable[[str], None]) -> None:
-        learn(np.ones(len(labels), dtype=bool))  # closed form: free
-        learned.vectors = apply(vectors, *learned.transform)
+        learned.vectors = apply(vectors, *learn(np.ones(len(labels), dtype=bool)))  # closed form
 
     learned = _Learned(
         held=np.zeros(0),
@@ -359,10 +362,10 @@ def _learn_whitening(
         details={"dims": dims, "shrink": shrink},
         refit=refit,
     )
-    learn(fit)
-    learned.held = apply(vectors[held], *learned.transform)
-    learned.fit = apply(vectors[fit], *learned.transform)
-    learned.strangers = apply(vectors[strangers], *learned.transform)
+    transform = learn(fit)
+    learned.held = apply(vectors[held], *transform)
+    learned.fit = apply(vectors[fit], *transform)
+    learned.strangers = apply(vectors[strangers], *transform)
     return learned
 
 
@@ -520,10 +523,15 @@ def _store_space(
 ) -> EmbeddingSpace:
     """The new space's row (and its weights or its vectors); older inactive adapted spaces
     of the same base are removed: their models would cost a second encoding of each image."""
-    payload = learned.weights or np.asarray(learned.transform[1]).tobytes()
+    if learned.weights is not None:
+        payload, dimension, tag = learned.weights, learned.fit.shape[1], "ft"
+    elif learned.transform is not None:
+        projection = learned.transform[1]
+        payload, dimension = np.asarray(projection).tobytes(), projection.shape[1]
+        tag = f"lw{dimension}"
+    else:
+        raise ValueError("An adaptation without weights or a transform cannot be stored.")
     digest = hashlib.sha256(payload).hexdigest()
-    dimension = learned.fit.shape[1] if learned.weights else learned.transform[1].shape[1]
-    tag = "ft" if learned.weights is not None else f"lw{dimension}"
     name = f"{base.name}+{tag}-{digest[:8]}"[:100]
     with transaction.atomic():
         base.derived.filter(is_active=False).delete()

@@ -17,6 +17,7 @@ from django.utils.html import format_html, format_html_join
 from visual_search import adaptation_runs, services
 from visual_search.adaptation import switch
 from visual_search.admin_actions import can_reindex, queue_and_report
+from visual_search.admin_mixins import ModelAdminMixinBase
 from visual_search.indexing import index_state
 from visual_search.models import (
     AdaptationRun,
@@ -30,7 +31,7 @@ from visual_search.models_registry import get_product_model
 from visual_search.spaces import get_current_space
 
 
-class ProductSearchMixin:
+class ProductSearchMixin(ModelAdminMixinBase):
     """Search embeddings by the product fields the shop's ProductAdmin searches (or by key)."""
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:

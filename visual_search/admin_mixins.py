@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -15,6 +15,13 @@ from django.http import HttpRequest
 from visual_search.admin_actions import reindex_selected_products
 from visual_search.models import EmbeddingStatus, ProductEmbedding
 from visual_search.spaces import current_space_name
+
+# The mixins below extend ModelAdmin; type checkers see them as ModelAdmins, Python as objects
+# (so that the shop's class lists ModelAdmin itself after them).
+if TYPE_CHECKING:
+    ModelAdminMixinBase = admin.ModelAdmin
+else:
+    ModelAdminMixinBase = object
 
 STATUSES = {
     "failed": Q(vs_failed=True),
@@ -49,12 +56,13 @@ class EmbeddingStatusFilter(admin.SimpleListFilter):
         return [(name, name.capitalize()) for name in STATUSES]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        if self.value() in STATUSES:
-            return annotate_status(queryset).filter(STATUSES[self.value()])
+        value = self.value()
+        if value in STATUSES:
+            return annotate_status(queryset).filter(STATUSES[value])
         return None
 
 
-class VisualSearchAdminMixin:
+class VisualSearchAdminMixin(ModelAdminMixinBase):
     change_form_template = "admin/visual_search/product_change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
@@ -73,8 +81,9 @@ class VisualSearchAdminMixin:
             actions = super().get_actions(request)
             entry = self.get_action(reindex_selected_products)
         else:
-            actions = super().get_actions(request, action_location=action_location)
-            entry = self.get_action(reindex_selected_products, action_location)
+            # Django 6.1's signatures, which django-stubs does not declare.
+            actions = super().get_actions(request, action_location=action_location)  # type: ignore[call-arg]
+            entry = self.get_action(reindex_selected_products, action_location)  # type: ignore[call-arg]
         if entry is not None:  # None: not offered at this location (the change form)
             actions.setdefault(reindex_selected_products.__name__, entry)
         return actions

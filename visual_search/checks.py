@@ -58,7 +58,7 @@ def check_gallery(**kwargs: Any) -> list[checks.CheckMessage]:
 
 
 def check_image_models(**kwargs: Any) -> list[checks.CheckMessage]:
-    errors = []
+    errors: list[checks.CheckMessage] = []
     image_models = vs_settings.IMAGE_MODELS
     if not isinstance(image_models, dict):
         return [_error("VISUAL_SEARCH['IMAGE_MODELS'] must be a dict.", "E003")]
@@ -96,7 +96,7 @@ def check_encoder(**kwargs: Any) -> list[checks.CheckMessage]:
         return [_error(f"Encoder class {class_path!r} cannot be imported.", "E005")]
     if class_path != "visual_search.encoders.TimmEncoder":
         return []
-    errors = []
+    errors: list[checks.CheckMessage] = []
     if config.get("RUNTIME") not in RUNTIMES:
         errors.append(
             _error(f"ENCODER RUNTIME {config.get('RUNTIME')!r} is not one of {RUNTIMES}.", "E006")
@@ -122,7 +122,7 @@ def check_encoder(**kwargs: Any) -> list[checks.CheckMessage]:
 
 
 def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
-    errors = []
+    errors: list[checks.CheckMessage] = []
     query, hnsw = vs_settings.QUERY, vs_settings.HNSW
     if query.get("ITERATIVE_SCAN") not in ITERATIVE_SCANS:
         errors.append(_error(f"QUERY ITERATIVE_SCAN must be one of {ITERATIVE_SCANS}.", "E009"))
@@ -148,7 +148,7 @@ def check_query_settings(**kwargs: Any) -> list[checks.CheckMessage]:
 
 def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     adaptation = vs_settings.ADAPTATION
-    errors = []
+    errors: list[checks.CheckMessage] = []
     if adaptation.get("METHOD") not in ("finetune", "whitening"):
         errors.append(
             _error(
@@ -184,7 +184,7 @@ def check_look_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     from visual_search.look import REGION_FEATURES
 
     look = vs_settings.LOOK
-    errors = []
+    errors: list[checks.CheckMessage] = []
     try:
         import_string(str(look.get("DETECTOR")))
     except ImportError:
@@ -235,7 +235,7 @@ def check_segment_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     from visual_search.segments import field_problem
 
     segments = vs_settings.SEGMENTS
-    errors = []
+    errors: list[checks.CheckMessage] = []
     if not _integer_from(segments.get("MIN_ROWS"), 1):
         errors.append(
             _error(

@@ -86,6 +86,7 @@ def load_timm_model(model_name: str, weights: str, *, num_classes: int = 0) -> A
 
     if not timm.is_model(model_name):
         raise EncoderUnavailable(f"timm has no model named {model_name!r}.")
+    model: Any  # timm's models: reset_classifier and num_classes are not in nn.Module's type
     if weights == "hub":
         try:
             model = timm.create_model(model_name, pretrained=True, num_classes=num_classes)
@@ -145,7 +146,7 @@ def export_onnx(
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            torch.zeros(1, *input_size),
+            (torch.zeros(1, *input_size),),
             path,
             input_names=["pixels"],
             output_names=[output],
@@ -278,7 +279,7 @@ class TimmEncoder:
 
         self._load()
         config = self._transform.transforms[-1]  # Normalize
-        resized = image.resize((size, size), Image.BICUBIC)
+        resized = image.resize((size, size), Image.Resampling.BICUBIC)
         mean, std = (np.asarray(v, dtype=np.float32) for v in (config.mean, config.std))
         pixels = (np.asarray(resized, dtype=np.float32) / 255.0 - mean) / std
         batch = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -162,7 +162,7 @@ def _norms_folded(tail: Any) -> Iterator[None]:
             shift = norm.bias - norm.running_mean * scale
             bias = shift if conv.bias is None else shift + conv.bias * scale
             if isinstance(conv, Conv2dSame):
-                args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+                args: tuple[Any, ...] = (conv.stride, conv.padding, conv.dilation, conv.groups)
                 return conv2d_same(x, weight, bias, *args)
             return conv._conv_forward(x, weight, bias)
 

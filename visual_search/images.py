@@ -96,7 +96,7 @@ def _decode(data: bytes) -> tuple[Image.Image, float]:
         with warnings.catch_warnings():
             # Keep Pillow's decompression-bomb limit, and treat its warning zone as an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=formats)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=formats)
             full_size = _oriented_size(image)
             if image.format == "JPEG" and min(image.size) > 2 * DRAFT_MIN_SIDE:
                 ratio = DRAFT_MIN_SIDE / min(image.size)

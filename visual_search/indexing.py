@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, models, transaction
 
 from visual_search.conf import vs_settings
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
@@ -36,6 +36,17 @@ def index_name(space: str, segment: str | None = None) -> str:
 
 def segment_index_prefix(space: str) -> str:
     return f"vs_seg_{hashlib.sha1(space.encode()).hexdigest()[:8]}_"
+
+
+def quoted_table_and_pk(model: type[models.Model]) -> tuple[str, str]:
+    """The product table and its key column, quoted for the raw SQL that joins them."""
+    return connection.ops.quote_name(model._meta.db_table), quoted_column(model._meta.pk)
+
+
+def quoted_column(field: models.Field) -> str:
+    if field.column is None:  # only a concrete field has a column
+        raise ValueError(f"{field} has no database column.")
+    return connection.ops.quote_name(field.column)
 
 
 def vector_expression(dimension: int) -> str:
@@ -207,7 +218,7 @@ def _build(space: EmbeddingSpace, state: IndexState, predicate: str, *, concurre
         )
         cursor.execute(
             f'CREATE INDEX {concurrently} "{building}" ON {TABLE} '
-            f"USING hnsw ({vector_expression(space.dimension)} halfvec_cosine_ops) "
+            f"USING hnsw ({vector_expression(space.known_dimension)} halfvec_cosine_ops) "
             f"WITH (m = {int(hnsw['M'])}, ef_construction = {int(hnsw['EF_CONSTRUCTION'])}) "
             f"WHERE {predicate}"
         )

@@ -13,7 +13,7 @@ list[Proposal]``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -25,6 +25,12 @@ from visual_search import logistic
 from visual_search.conf import vs_settings
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels
+
+
+def rounded_box(values: Iterable[float], scale: float = 1.0) -> Box:
+    """A box in pixels to a tenth, ``scale`` times the given one."""
+    left, top, right, bottom = (round(float(v) * scale, 1) for v in values)
+    return left, top, right, bottom
 
 
 class Proposal(NamedTuple):
@@ -357,7 +363,7 @@ def group_regions(
         ranked = sorted(best.values(), key=lambda m: m.score, reverse=True)[:k]
         groups.append(
             LookGroup(
-                box=tuple(round(float(v), 1) for v in item_box(i, usable, overlap, objectness)),
+                box=rounded_box(item_box(i, usable, overlap, objectness)),
                 score=usable[i].best.score,
                 results=[SearchResult(m.product, m.score, m.image_key) for m in ranked],
                 regions=len(members),

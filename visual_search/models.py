@@ -50,6 +50,13 @@ class EmbeddingSpace(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.dimension or '?'}d)"
 
+    @property
+    def known_dimension(self) -> int:
+        """The dimension, for SQL that reads the space's vectors (known once one exists)."""
+        if self.dimension is None:
+            raise ValueError(f"Embedding space {self.name} has no vectors yet.")
+        return int(self.dimension)
+
 
 class SpaceWeights(models.Model):
     """The fine-tuned model of an adapted space, kept in the database so that every web and

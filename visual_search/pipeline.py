@@ -55,7 +55,6 @@ class _Work:
     product_pk: Any
     image: GalleryImage
     content_hash: str = ""
-    picture: Image.Image | None = None
     segment: str = ""
 
 
@@ -94,7 +93,7 @@ def embed_products(
     space = ensure_current_space(encoder, with_dimension=True)
     ensure_index(space)
     report = EmbedReport()
-    work: list[_Work] = []
+    work: list[tuple[_Work, Image.Image]] = []
     for product in _load_products(products_or_pks, report):
         gallery, removed = sync_gallery_rows(product, space)
         report.removed += removed
@@ -105,32 +104,38 @@ def embed_products(
         segment = segment_of(product)
         for image in gallery:
             item = _Work(product.pk, image, segment=segment)
+            problem: UnusableImage | None = None
             try:
                 data = read_bytes(image.source)
             except UnusableImage as exc:
-                data, read_error = None, exc
+                problem = exc
                 # Unreadable (empty, too large, missing): the error stands in for the content,
                 # so the same failure is not retried on every save.
                 item.content_hash = hashlib.sha256(f"unreadable:{exc}".encode()).hexdigest()
             else:
                 item.content_hash = hashlib.sha256(data).hexdigest()
             row = known.get(image.key)
-            unchanged = row is not None and row.content_hash == item.content_hash
-            if unchanged and not force and row.status != EmbeddingStatus.PENDING:
+            if (
+                row is not None
+                and row.content_hash == item.content_hash
+                and not force
+                and row.status != EmbeddingStatus.PENDING
+            ):
                 report.skipped += 1
                 continue
-            try:
-                if data is None:
-                    raise read_error
-                item.picture = load_image(data)
-            except UnusableImage as exc:
-                _record_failure(space, item, str(exc), report)
-                continue
-            work.append(item)
+            if problem is None:
+                try:
+                    picture = load_image(data)
+                except UnusableImage as exc:
+                    problem = exc
+                else:
+                    work.append((item, picture))
+                    continue
+            _record_failure(space, item, str(problem), report)
     batch_size = max(1, int(getattr(encoder, "batch_size", 32)))
     for start in range(0, len(work), batch_size):
         batch = work[start : start + batch_size]
-        vectors = encoder.encode([item.picture for item in batch])
+        vectors = encoder.encode([picture for _, picture in batch])
         _store_vectors(space, batch, vectors)
         report.embedded += len(batch)
     return report
@@ -154,7 +159,9 @@ def _load_products(products_or_pks: Iterable[Any], report: EmbedReport) -> list[
     return products
 
 
-def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) -> None:
+def _store_vectors(
+    space: EmbeddingSpace, batch: Sequence[tuple[_Work, Image.Image]], vectors: Any
+) -> None:
     rows = [
         ProductEmbedding(
             product_id=item.product_pk,
@@ -166,11 +173,11 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
             error="",
             segment=item.segment,
         )
-        for item, vector in zip(batch, vectors, strict=True)
+        for (item, _), vector in zip(batch, vectors, strict=True)
     ]
     updated = ["content_hash", "embedding", "status", "error", "segment", "updated_at"]
     _upsert(rows, updated)
-    pictures = [item.picture for item in batch]
+    pictures = [picture for _, picture in batch]
     for derived in space.derived.all():  # adapted spaces stay complete (see adaptation.py)
         _upsert(
             [
@@ -190,7 +197,7 @@ def _store_vectors(space: EmbeddingSpace, batch: Sequence[_Work], vectors: Any) 
             ],
             updated,
         )
-    invalidate({item.product_pk for item in batch})
+    invalidate({item.product_pk for item, _ in batch})
 
 
 def _record_failure(space: EmbeddingSpace, item: _Work, error: str, report: EmbedReport) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from django.db import connection, models, transaction
 
 from visual_search.conf import vs_settings
-from visual_search.indexing import TABLE, index_predicate, vector_expression
+from visual_search.indexing import TABLE, index_predicate, quoted_table_and_pk, vector_expression
 from visual_search.models import EmbeddingSpace, EmbeddingStatus
 from visual_search.segments import queryset_segment
 
@@ -78,7 +78,7 @@ def nearest_products(
     """The k products of ``queryset`` nearest to ``vectors`` or to product ``of_product``'s
     own ready vectors (itself excluded), each scored by its best (query, gallery) image pair.
     """
-    dim = int(space.dimension)
+    dim = space.known_dimension
     expression = vector_expression(dim)
     params: list[Any] = []
     if of_product is not None:
@@ -87,16 +87,17 @@ def nearest_products(
             f"AND product_id = %s ORDER BY id LIMIT {MAX_QUERY_IMAGES}"
         )
         params.append(of_product)
-    else:
+    elif vectors is not None:
         rows = np.atleast_2d(vectors)
         queries = " UNION ALL ".join([f"SELECT %s::halfvec({dim}) AS v"] * len(rows))
         params.extend(vector_literal(row) for row in rows)
+    else:
+        raise TypeError("nearest_products needs query vectors or a product.")
 
     where, where_params = _conditions(space, queryset, exclude_pk=of_product)
 
     model = queryset.model
-    product_table = connection.ops.quote_name(model._meta.db_table)
-    product_pk = connection.ops.quote_name(model._meta.pk.column)
+    product_table, product_pk = quoted_table_and_pk(model)
     # Per query vector, an index-ordered scan (LATERAL); a MATERIALIZED step and a final sort,
     # because relaxed_order iterative scans may return rows slightly out of order; then the
     # best pair per product, joined to the product rows in the same statement.
@@ -152,7 +153,7 @@ def nearest_per_query(
     rows = np.atleast_2d(vectors)
     if not len(rows):
         return []
-    dim = int(space.dimension)
+    dim = space.known_dimension
     expression = vector_expression(dim)
     where, where_params = _conditions(space, queryset)
     queries = " UNION ALL ".join([f"SELECT %s AS i, %s::halfvec({dim}) AS v"] * len(rows))

@@ -12,15 +12,24 @@ name its own table, hence the copy of the value on each embedding row
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, models
+from django.db.models import ForeignObjectRel
 from django.db.models.expressions import Col
 from django.db.models.lookups import Exact
 from django.db.models.sql.where import AND
 
 from visual_search.conf import vs_settings
-from visual_search.indexing import TABLE, drop_index, ensure_index, index_name, segment_indexes
+from visual_search.indexing import (
+    TABLE,
+    drop_index,
+    ensure_index,
+    index_name,
+    quoted_column,
+    quoted_table_and_pk,
+    segment_indexes,
+)
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding
 from visual_search.models_registry import get_product_model
 
@@ -38,14 +47,20 @@ TEXT_STABLE_FIELDS = (
 
 def segment_field() -> models.Field | None:
     name = vs_settings.SEGMENTS["FIELD"]
-    return get_product_model()._meta.get_field(name) if name else None
+    # A concrete field: system check E014 (field_problem) refuses anything else.
+    return cast(models.Field, get_product_model()._meta.get_field(name)) if name else None
 
 
-def field_problem(field: models.Field) -> str | None:
+def field_problem(field: models.Field | ForeignObjectRel) -> str | None:
     """Why ``field`` cannot be the segment field, or None (system check E014)."""
-    if not field.concrete or field.many_to_many or field.one_to_many:
+    if (
+        isinstance(field, ForeignObjectRel)
+        or not field.concrete
+        or field.many_to_many
+        or field.one_to_many
+    ):
         return "must be a concrete field of the product model (not a reverse or many-to-many)"
-    stored = field.target_field if field.is_relation else field
+    stored = cast(models.ForeignKey, field).target_field if field.is_relation else field
     if not isinstance(stored, TEXT_STABLE_FIELDS):
         return (
             "must be a text, integer, boolean or UUID field, or a foreign key to a model whose "
@@ -117,10 +132,8 @@ def _stale_rows(field: models.Field | None) -> tuple[str, str, str]:
     is not their product's."""
     if field is None:
         return "''", "", "e.segment <> ''"
-    model = get_product_model()
-    product_table = connection.ops.quote_name(model._meta.db_table)
-    product_pk = connection.ops.quote_name(model._meta.pk.column)
-    value = f"coalesce(p.{connection.ops.quote_name(field.column)}::text, '')"
+    product_table, product_pk = quoted_table_and_pk(get_product_model())
+    value = f"coalesce(p.{quoted_column(field)}::text, '')"
     return (
         value,
         f"{product_table} p",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import models
 from django.db.models import Count, Min, Q
 from django.utils import timezone
@@ -31,6 +31,7 @@ from visual_search.look import (
     Region,
     get_detector,
     group_regions,
+    rounded_box,
     with_contrast,
 )
 from visual_search.models import AdaptationRun, EmbeddingSpace, EmbeddingStatus, ProductEmbedding
@@ -75,7 +76,7 @@ def _resolve_product(product_or_pk: Any) -> models.Model:
         return product_or_pk
     try:
         return model._default_manager.get(pk=product_or_pk)
-    except (model.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+    except (ObjectDoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise ProductNotFound(f"No {model._meta.verbose_name} with key {product_or_pk!r}.") from exc
 
 
@@ -200,7 +201,7 @@ def shop_the_look(
     if look["ADAPTED_SPACE"]:
         _name_items_in_adapted_space(picture, groups, k=k, queryset=queryset)
     for group in groups:  # back to the caller's pixels
-        group.box = tuple(round(v * scale, 1) for v in group.box)
+        group.box = rounded_box(group.box, scale)
     return groups
 
 
@@ -239,7 +240,7 @@ def look_regions(
     vectors, space = _encode_for_query(_crops(picture, [p.box for p in proposals]), adapted=False)
     matches = nearest_per_query(space, vectors, k=k, queryset=_products(queryset))
     return [
-        Region(p.box, found, p.precise, p.contrast)
+        Region(p.box, found, p.precise, p.contrast or (0.0, 0.0))  # with_contrast set it
         for p, found in zip(proposals, matches, strict=True)
     ]
 

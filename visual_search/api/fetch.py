@@ -76,7 +76,7 @@ def resolve(host: str, port: int, allowed: list) -> IPAddress:
         raise FetchRefused(f"Cannot resolve host {host!r}.", "url_unresolvable") from exc
     addresses = []
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         reason = address_refusal(address, allowed)
         if reason:
             raise FetchRefused(f"Refused to fetch from {host}: {reason}.", "url_forbidden")
@@ -97,12 +97,13 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, address: IPAddress, host: str, port: int, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self._tls)
         self._address = str(address)
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def fetch(
@@ -159,7 +160,8 @@ def fetch(
 
 
 def _read_limited(response: http.client.HTTPResponse, max_bytes: int, deadline: float) -> bytes:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         if time.monotonic() > deadline:
             raise FetchRefused("The image download took too long.", "url_timeout")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import apps
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -11,9 +13,10 @@ from rest_framework.permissions import AllowAny
 class VisualSearchSchemaGenerator(SchemaGenerator):
     def _initialise_endpoints(self) -> None:
         super()._initialise_endpoints()
+        endpoints: list[Any] = list(self.endpoints or [])  # (path, regex, method, view)
         self.endpoints = [
             endpoint
-            for endpoint in self.endpoints
+            for endpoint in endpoints
             if getattr(endpoint[3], "cls", None) is not None
             and endpoint[3].cls.__module__ == "visual_search.api.views"
         ]
