@@ -1,16 +1,9 @@
-"""Settings for mypy's Django plugin (pyproject.toml): the demo shop's apps, which the plugin
-only imports. Unlike tests.settings, importing them starts no embedded database or broker."""
+"""Settings for mypy's Django plugin (pyproject.toml), which only imports the apps: the demo
+shop's, with service addresses given so that no embedded database or broker is started."""
 
-SECRET_KEY = "type-checking"
-INSTALLED_APPS = [
-    "django.contrib.admin",
-    "django.contrib.auth",
-    "django.contrib.contenttypes",
-    "django.contrib.sessions",
-    "django.contrib.messages",
-    "rest_framework",
-    "shop_demo.catalog",
-    "visual_search",
-]
-DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "unused"}}
-VISUAL_SEARCH_PRODUCT_MODEL = "catalog.Product"
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://type-checking@localhost/unused")
+os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+
+from shop_demo.settings import *  # noqa: E402, F403
