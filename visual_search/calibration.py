@@ -144,6 +144,6 @@ def result_confidences(calibration: dict[str, Any] | None, scores: Sequence[floa
         return [None] * len(scores)
     values = np.asarray(scores, dtype=np.float64)
     best_two = np.append(-np.sort(-values)[:2], 0.0)  # a lone result's rival scores 0
-    others = np.where(np.arange(len(values)) == values.argmax(), best_two[1], best_two[0])
+    others = np.where(np.arange(len(values)) == np.argmax(values), best_two[1], best_two[0])
     features = np.stack([values, values - others], axis=1)
     return [round(float(p), 4) for p in probability(calibration, features)]

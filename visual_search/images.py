@@ -144,7 +144,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         import numpy as np
 
         array = np.asarray(image, dtype=np.float64)
-        top = array.max() or 1.0
+        top = float(np.max(array)) or 1.0
         gray = Image.fromarray((array / top * 255.0).clip(0, 255).astype("uint8"), "L")
         return gray.convert("RGB")
     if image.mode == "P":
