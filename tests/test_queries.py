@@ -59,6 +59,17 @@ def test_errors(catalogue, make_product):
         services.similar_products(fresh)
 
 
+def test_sql_on_a_space_without_vectors_or_without_a_query_says_why():
+    from visual_search.models import EmbeddingSpace
+
+    space = EmbeddingSpace(name="not-yet-encoded")
+    with pytest.raises(ValueError, match="has no vectors yet"):
+        _ = space.known_dimension
+    space.dimension = 8
+    with pytest.raises(TypeError, match="needs query vectors or a product"):
+        nearest_products(space, k=1, queryset=get_product_model().objects.all())
+
+
 # -- several thousand products with synthetic, clustered vectors ---------------------------
 
 N_PRODUCTS, N_CLUSTERS, DIM = 4000, 200, 1280
