@@ -35,8 +35,7 @@ def _look_picture(
     canvas = Image.new("RGB", (900, 900), (244, 241, 234))
     boxes = []
     for index, slug in enumerate(slugs):
-        photo = Image.open(_photo(data, slug))
-        photo = photo.convert("RGB").resize((380, 380))
+        photo = Image.open(_photo(data, slug)).convert("RGB").resize((380, 380))
         x, y = 50 + (index % 2) * 420, 50 + (index // 2) * 420
         canvas.paste(photo, (x, y))
         boxes.append((x, y, x + 380, y + 380))
@@ -86,8 +85,9 @@ class Command(BaseCommand):
         for title, slugs in LOOKS:
             if Look.objects.filter(title=title).exists():
                 continue
-            products = [Product.objects.filter(slug=slug).first() for slug in slugs]
-            if not all(products):
+            found = [Product.objects.filter(slug=slug).first() for slug in slugs]
+            products = [product for product in found if product is not None]
+            if len(products) < len(slugs):
                 continue
             canvas, boxes = _look_picture(data, slugs)
             buffer = io.BytesIO()
