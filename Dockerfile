@@ -13,7 +13,7 @@ ARG TORCH_INDEX=""
 RUN pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch>=2.4" "torchvision>=0.19"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY visual_search ./visual_search
 RUN pip install ".[celery,api]" "gunicorn>=22"
 COPY shop_demo ./shop_demo

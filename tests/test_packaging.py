@@ -1,5 +1,6 @@
-"""The wheel a shop installs holds the whole app: templates, static files, migrations and the
-py.typed marker (so the shop's type checker reads the app's hints), not just its modules."""
+"""The wheel a shop installs holds the whole app: templates, static files, migrations, the
+py.typed marker (so the shop's type checker reads the app's hints) and the license, not just
+its modules."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_holds_every_file_of_the_app(tmp_path):
-    # Built from a copy: a checkout's build/ and egg-info/ remember files from earlier builds.
+    # Built from a copy of what the Dockerfile copies to install the package: a checkout's
+    # build/ and egg-info/ would remember files from earlier builds.
     tree = tmp_path / "tree"
     shutil.copytree(
         ROOT / "visual_search",
         tree / "visual_search",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, tree / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(tree)],
@@ -39,3 +41,4 @@ def test_the_wheel_holds_every_file_of_the_app(tmp_path):
     assert any(name.startswith("visual_search/templates/") for name in source)
     assert any(name.startswith("visual_search/static/") for name in source)
     assert source - packaged == set()
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in packaged)
