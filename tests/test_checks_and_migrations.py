@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -69,7 +70,12 @@ def test_missing_product_model_setting_says_what_to_set(tmp_path):
     )
     run = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
-        env={"PYTHONPATH": str(tmp_path), "DJANGO_SETTINGS_MODULE": "bare_settings"},
+        env={
+            "PYTHONPATH": os.pathsep.join(
+                [str(tmp_path), str(Path(visual_search.__file__).parents[1])]
+            ),
+            "DJANGO_SETTINGS_MODULE": "bare_settings",
+        },
         capture_output=True,
         text=True,
         timeout=120,
