@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.core.files.base import ContentFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -153,6 +154,20 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     assert strangers > 0
     evaluations = {s["name"]: s["evaluation"] for s in services.status_report()["spaces"]}
     assert f"against {strangers} photos of products left out" in evaluations[adapted.name]
+    # The bonus of products the model did not learn was fitted on the strangers; the rows say
+    # which products it learned (not the single-image one; none in the base space).
+    unlearned = report["unlearned"]
+    assert unlearned["unlearned_products"] == report["stranger_products"]
+    assert unlearned["after"]["unlearned_R@1"] >= unlearned["before"]["unlearned_R@1"]
+    assert f"with a bonus of {unlearned['bonus']:.2f}" in evaluations[adapted.name]
+    flags = dict(
+        ProductEmbedding.objects.filter(space=adapted).values_list("product_id", "learned")
+    )
+    assert flags[single.pk] is False and flags[labelled_catalogue["Kiwi"].pk] is True
+    assert sum(flags.values()) == len(NAMES)
+    assert set(ProductEmbedding.objects.filter(space=base).values_list("learned", flat=True)) == {
+        None
+    }
     assert (
         ProductEmbedding.objects.filter(space=adapted, status="ready").count()
         == ProductEmbedding.objects.filter(space=base, status="ready").count()
@@ -193,6 +208,7 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     stored = ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted)
     expected = space_encoder(adapted).encode([load_image(photos("train", "Kiwi")[-1])])[0]
     assert float(np.asarray(stored.embedding) @ expected) > 0.999
+    assert stored.learned is False
     assert ProductEmbedding.objects.filter(product_id=fresh.pk, space=base, status="ready").exists()
     # ... but not learned by the adapted one: the status page and command say so.
     assert services.added_since_adaptation(adapted) == {"images": 1, "products": 1}
@@ -201,6 +217,16 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     assert "1 image of 1 product added since this space was adapted" in status.getvalue()
     page = admin_client.get("/admin/visual_search/productembedding/status/").content.decode()
     assert "1 image of 1 product added since it was adapted" in page
+    # A new photo of a product the model learned leaves it a learned product.
+    from shop_demo.catalog.models import ProductImage
+
+    kiwi_rows = ProductEmbedding.objects.filter(product_id=kiwi.pk, space=adapted)
+    count = kiwi_rows.count()
+    extra = ProductImage(product=kiwi, position=99)
+    extra.image.save("kiwi-extra.jpg", ContentFile(photos("train", "Kiwi")[-2].read_bytes()))
+    services.embed_product(kiwi)
+    assert kiwi_rows.count() == count + 1
+    assert set(kiwi_rows.values_list("learned", flat=True)) == {True}
     run("--revert")
     assert query_space() == base
     assert services.search_by_image(photos("val", "Kiwi")[0], k=1)[0].product in (kiwi, fresh)
@@ -241,6 +267,7 @@ def test_fine_tuning_stores_the_vectors_it_computed_and_catches_up_with_changes(
     encoder = space_encoder(space)
     expected = encoder.encode([load_image(photos("val", "Kiwi")[0])])[0]
     assert float(np.asarray(stored.embedding) @ expected) > 0.999
+    assert stored.learned is False
     lemon = labelled_catalogue["Lemon"]
     for image in product_images(lemon):
         row = ProductEmbedding.objects.get(space=space, product_id=lemon.pk, image_key=image.key)

@@ -73,13 +73,15 @@ def grouped(regions, model=SCORE_ONLY, **options):
 def test_grouping_picks_the_items_not_the_box_over_them():
     a, b, c = _P(1), _P(2), _P(3)
     regions = [
-        Region((0, 0, 100, 100), [Neighbour(a, "x", 0.8), Neighbour(c, "x", 0.5)]),
-        Region((10, 10, 110, 110), [Neighbour(c, "x", 0.75)]),  # on item a: pooled, no group
-        Region((300, 300, 400, 400), [Neighbour(b, "x", 0.85)]),
-        Region((320, 320, 360, 360), [Neighbour(b, "x", 0.83)]),  # a part of item b
-        Region((600, 0, 700, 100), [Neighbour(c, "x", 0.55)]),  # too unlikely an item
-        Region((600, 600, 700, 700), [Neighbour(c, "x", 0.4)]),  # below MIN_SCORE
-        Region((0, 0, 400, 400), [Neighbour(c, "x", 0.9)]),  # over both items: beats each alone
+        Region((0, 0, 100, 100), [Neighbour(a, "x", 0.8, 0.8), Neighbour(c, "x", 0.5, 0.5)]),
+        Region((10, 10, 110, 110), [Neighbour(c, "x", 0.75, 0.75)]),  # on item a: pooled, no group
+        Region((300, 300, 400, 400), [Neighbour(b, "x", 0.85, 0.85)]),
+        Region((320, 320, 360, 360), [Neighbour(b, "x", 0.83, 0.83)]),  # a part of item b
+        Region((600, 0, 700, 100), [Neighbour(c, "x", 0.55, 0.55)]),  # too unlikely an item
+        Region((600, 600, 700, 700), [Neighbour(c, "x", 0.4, 0.4)]),  # below MIN_SCORE
+        Region(
+            (0, 0, 400, 400), [Neighbour(c, "x", 0.9, 0.9)]
+        ),  # over both items: beats each alone
     ]
     groups = grouped(regions)
     assert [(g.box, [r.product.pk for r in g.results]) for g in groups] == [
@@ -93,10 +95,10 @@ def test_grouping_picks_the_items_not_the_box_over_them():
 def test_an_items_box_is_fitted_by_the_regions_that_match_its_product():
     a, b = _P(1), _P(2)
     regions = [
-        Region((100, 100, 300, 300), [Neighbour(a, "x", 0.9)]),  # the item's best region
-        Region((100, 100, 340, 300), [Neighbour(a, "x", 0.9), Neighbour(b, "x", 0.88)]),
-        Region((60, 100, 300, 300), [Neighbour(a, "x", 0.8)]),  # a much weaker match of a
-        Region((100, 40, 300, 300), [Neighbour(b, "x", 0.85)]),  # does not hold a: no say
+        Region((100, 100, 300, 300), [Neighbour(a, "x", 0.9, 0.9)]),  # the item's best region
+        Region((100, 100, 340, 300), [Neighbour(a, "x", 0.9, 0.9), Neighbour(b, "x", 0.88, 0.88)]),
+        Region((60, 100, 300, 300), [Neighbour(a, "x", 0.8, 0.8)]),  # a much weaker match of a
+        Region((100, 40, 300, 300), [Neighbour(b, "x", 0.85, 0.85)]),  # does not hold a: no say
     ]
     (group,) = grouped(regions)
     left, top, right, bottom = group.box
@@ -125,8 +127,8 @@ def test_activation_contrast_prefers_the_box_that_fits_the_active_area():
 def test_contrast_decides_between_equal_matches():
     a = _P(1)
     model = {"coef": [0, 0, 0, 0, 0, 0, 0, 1.0, 0], "intercept": 0.0}
-    tight = Region((0, 0, 100, 100), [Neighbour(a, "x", 0.8)], contrast=(2.0, 2.0))
-    loose = Region((0, 0, 200, 200), [Neighbour(a, "x", 0.8)], contrast=(0.5, 1.0))
+    tight = Region((0, 0, 100, 100), [Neighbour(a, "x", 0.8, 0.8)], contrast=(2.0, 2.0))
+    loose = Region((0, 0, 200, 200), [Neighbour(a, "x", 0.8, 0.8)], contrast=(0.5, 1.0))
     (group,) = grouped([loose, tight], model=model, min_objectness=0.5)
     assert group.box == (0, 0, 100, 100)
     assert grouped([loose], model=model, min_objectness=0.7) == []

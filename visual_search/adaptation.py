@@ -40,6 +40,7 @@ from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import UnusableImage, VisualSearchError
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding, SpaceWeights
 from visual_search.spaces import forget_spaces, get_current_space
+from visual_search.unlearned import fit_bonus
 
 _transforms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 _encoders: dict[str, Encoder] = {}
@@ -131,6 +132,12 @@ def encode_in(space: EmbeddingSpace, pictures: Sequence[Image.Image]) -> np.ndar
     return to_space(space, base, pictures)
 
 
+def several_images(labels: np.ndarray) -> np.ndarray:
+    """The products (labels) with two or more images: those an adaptation learns."""
+    products, counts = np.unique(labels, return_counts=True)
+    return products[counts >= 2]
+
+
 def held_out_mask(labels: np.ndarray, share: float) -> np.ndarray:
     """The last ``share`` of each product's images (products with three or more; two stay
     to learn from). The last ones, not a random pick: consecutive shots of a product are near
@@ -189,6 +196,9 @@ class _Learned:
     fit: np.ndarray
     fit_labels: np.ndarray
     strangers: np.ndarray
+    stranger_labels: np.ndarray
+    # The products (labels) the stored space's model learned: searches lift the others.
+    learned_products: np.ndarray
     details: dict[str, Any]
     refit: Callable[[Callable[[str], None]], None]
     # Stops what is still learning beside the check (a refusal, an error); no-op after refit.
@@ -269,6 +279,14 @@ def adapt(
         checked = (learned.held, learned.held_labels, learned.fit, learned.fit_labels)
         after = recall(*checked)
         confidence = calibration.calibrate(*checked, learned.strangers)
+        unlearned = fit_bonus(
+            learned.fit,
+            learned.fit_labels,
+            learned.held,
+            learned.held_labels,
+            learned.strangers,
+            learned.stranger_labels,
+        )
         report = {
             "method": method,
             **learned.details,
@@ -283,6 +301,7 @@ def adapt(
                 "after": confidence["coverage_at_90_precision"],
             },
             "calibration": confidence,
+            "unlearned": unlearned,
         }
         progress(
             f"held-out R@1 {before['R@1']:.3f} -> {after['R@1']:.3f}, "
@@ -290,6 +309,15 @@ def adapt(
             f"answers {report['coverage_at_90_precision']['before']:.0%} -> "
             f"{report['coverage_at_90_precision']['after']:.0%} of held-out images"
         )
+        if "after" in unlearned:
+            progress(
+                f"products it did not learn, known by one image: found first "
+                f"{unlearned['before']['unlearned_R@1']:.0%} -> "
+                f"{unlearned['after']['unlearned_R@1']:.0%} with a bonus of "
+                f"{unlearned['bonus']:.2f} to their scores (the learned products' held-out "
+                f"images {unlearned['before']['learned_R@1']:.0%} -> "
+                f"{unlearned['after']['learned_R@1']:.0%})"
+            )
         better = after["R@1"] > before["R@1"] and after["R@5"] >= before["R@5"]
         if not better and not force:
             raise AdaptationRefused(
@@ -307,6 +335,7 @@ def adapt(
         progress(f"stored {len(learned.vectors)} vectors without reading the images again")
         if learned.weights is not None:
             _catch_up(space, base, rows, progress)
+    mark_learned(space, learned.learned_products)
     from visual_search.indexing import ensure_index
     from visual_search.segments import ensure_segment_indexes, sync_segments
 
@@ -320,6 +349,14 @@ def adapt(
         switch(space)
         progress(f"switched queries to {space.name}")
     return Adaptation(space, report, activate)
+
+
+def mark_learned(space: EmbeddingSpace, products: np.ndarray) -> None:
+    """Flag the space's rows by whether its model learned their product; the pipeline flags
+    the rows it adds later the same way (a new product's are not)."""
+    rows = ProductEmbedding.objects.filter(space=space)
+    rows.filter(product_id__in=list(products)).update(learned=True)
+    rows.exclude(product_id__in=list(products)).update(learned=False)
 
 
 def _timed(progress: Callable[[str], None], started: float) -> Callable[[str], None]:
@@ -359,6 +396,8 @@ def _learn_whitening(
         fit=np.zeros(0),
         fit_labels=labels[fit],
         strangers=np.zeros(0),
+        stranger_labels=labels[strangers],
+        learned_products=several_images(labels),
         details={"dims": dims, "shrink": shrink},
         refit=refit,
     )
@@ -415,8 +454,8 @@ def _learn_fine_tuning(
     # its studio shot teaches the model that studio shots are that class, and photos of it
     # were then found first 18 % of the time, against 46 % left out and 39 % before
     # adapting (benchmarks/adaptation.py --folds --studio-classes).
-    products, counts = np.unique(added_labels, return_counts=True)
-    several = np.isin(added_labels, products[counts >= 2])
+    learned_products = several_images(added_labels)
+    several = np.isin(added_labels, learned_products)
     beside: TrainingBeside | None = None
     stored = tuner
     if check_strangers.any() and TrainingBeside.pays():
@@ -447,7 +486,7 @@ def _learn_fine_tuning(
 
     try:
         details = tuner.train(check_fit & several, check_progress)
-        details["single_image_products"] = int((counts < 2).sum())
+        details["single_image_products"] = len(np.unique(added_labels)) - len(learned_products)
         stages = tuner.config.trained_stages
         learned = _Learned(
             held=tuner.added_vectors(check_held),
@@ -455,6 +494,8 @@ def _learn_fine_tuning(
             fit=tuner.added_vectors(check_fit),
             fit_labels=added_labels[check_fit],
             strangers=tuner.added_vectors(check_strangers),
+            stranger_labels=added_labels[check_strangers],
+            learned_products=learned_products,
             details={**details, "epochs": epochs, "trained_stages": stages},
             refit=refit,
             encoder={"FINE_TUNED": {"epochs": epochs, "trained_stages": stages}},

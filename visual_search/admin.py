@@ -63,7 +63,7 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         "attempts",
         "updated_at",
     ]
-    list_filter = ["status", "space"]
+    list_filter = ["status", "space", "learned"]
     list_select_related = ["product"]
     search_fields = ["image_key"]
     readonly_fields = [
@@ -72,6 +72,7 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         "image_key",
         "content_hash",
         "status",
+        "learned",
         "error",
         "attempts",
         "created_at",

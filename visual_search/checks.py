@@ -175,6 +175,15 @@ def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
                 "E012",
             )
         )
+    bonus = adaptation.get("UNLEARNED_BONUS")
+    if bonus is not None and not (_number(bonus) and 0 <= bonus <= 1):
+        errors.append(
+            _error(
+                "ADAPTATION UNLEARNED_BONUS must be None (the bonus the adaptation fitted) or a "
+                f"number between 0 and 1, not {bonus!r}.",
+                "E012",
+            )
+        )
     return errors
 
 

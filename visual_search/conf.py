@@ -95,6 +95,10 @@ DEFAULTS: dict[str, Any] = {
         # Share of those products left out of the check as "strangers" (products the shop
         # does not sell) to calibrate match confidence; the stored model then learns them too.
         "STRANGERS": 0.2,
+        # Added to the scores of products the adapted model did not learn (a single image, or
+        # added since) so that they can compete with those it learned; None: the bonus the
+        # adaptation fitted on its strangers (unlearned.py), 0: none.
+        "UNLEARNED_BONUS": None,
     },
     "API": {
         # Dotted path to the serializer of a result's product; None: all the model's fields.

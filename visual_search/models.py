@@ -160,6 +160,10 @@ class ProductEmbedding(models.Model):
     # The product's value of SEGMENTS["FIELD"] (as text), copied here so that a partial HNSW
     # index per value can select its rows (segments.py); "" when the feature is off.
     segment = models.TextField(_("segment"), blank=True, default="")
+    # In an adapted space, whether its model learned this image's product (the product had
+    # several images when it was adapted); None in a space that learns nothing (the base).
+    # Searches raise the scores of the products it did not learn (unlearned.py).
+    learned = models.BooleanField(_("learned"), null=True, default=None)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -176,6 +180,12 @@ class ProductEmbedding(models.Model):
         indexes = [
             models.Index(fields=["space", "status"], name="visual_search_space_status"),
             models.Index(fields=["space", "segment"], name="visual_search_space_segment"),
+            # The few rows a search scans a second time for products the model did not learn.
+            models.Index(
+                fields=["space"],
+                condition=models.Q(learned=False),
+                name="visual_search_unlearned",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -179,6 +179,12 @@ def _store_vectors(
     _upsert(rows, updated)
     pictures = [picture for _, picture in batch]
     for derived in space.derived.all():  # adapted spaces stay complete (see adaptation.py)
+        # A product its model learned keeps that flag for a new image; another is not learned.
+        learned = set(
+            ProductEmbedding.objects.filter(
+                space=derived, product_id__in={row.product_id for row in rows}, learned=True
+            ).values_list("product_id", flat=True)
+        )
         _upsert(
             [
                 ProductEmbedding(
@@ -190,12 +196,13 @@ def _store_vectors(
                     status=EmbeddingStatus.READY,
                     error="",
                     segment=row.segment,
+                    learned=row.product_id in learned,
                 )
                 for row, vector in zip(
                     rows, to_space(derived, np.asarray(vectors), pictures), strict=True
                 )
             ],
-            updated,
+            [*updated, "learned"],
         )
     invalidate({item.product_pk for item, _ in batch})
 

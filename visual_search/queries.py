@@ -20,6 +20,7 @@ from visual_search.conf import vs_settings
 from visual_search.indexing import TABLE, index_predicate, quoted_table_and_pk, vector_expression
 from visual_search.models import EmbeddingSpace, EmbeddingStatus
 from visual_search.segments import queryset_segment
+from visual_search.unlearned import bonus_of
 
 # Rows fetched per wanted product on the first try: products often have several images.
 OVERFETCH = 4
@@ -34,9 +35,14 @@ MAX_QUERY_IMAGES = 8
 
 @dataclass(frozen=True)
 class Neighbour:
+    """A product found, by its best image: ``score`` ranks it (the similarity, plus the bonus
+    of a product the space's model did not learn, unlearned.py); ``similarity`` is the cosine
+    similarity alone."""
+
     product: models.Model
     image_key: str
     score: float
+    similarity: float
 
 
 def vector_literal(vector: Iterable[float]) -> str:
@@ -76,7 +82,8 @@ def nearest_products(
     queryset: models.QuerySet,
 ) -> list[Neighbour]:
     """The k products of ``queryset`` nearest to ``vectors`` or to product ``of_product``'s
-    own ready vectors (itself excluded), each scored by its best (query, gallery) image pair.
+    own ready vectors (itself excluded), each scored by its best (query, gallery) image pair;
+    with ``vectors``, products the space's model did not learn get its bonus (unlearned.py).
     """
     dim = space.known_dimension
     expression = vector_expression(dim)
@@ -95,35 +102,68 @@ def nearest_products(
         raise TypeError("nearest_products needs query vectors or a product.")
 
     where, where_params = _conditions(space, queryset, exclude_pk=of_product)
+    # The bonus makes up for the gap between a shopper's photo and a studio shot that the
+    # model never learned to bridge; a product's own images have no such gap to its neighbours.
+    bonus = bonus_of(space) if of_product is None else 0.0
 
     model = queryset.model
     product_table, product_pk = quoted_table_and_pk(model)
-    # Per query vector, an index-ordered scan (LATERAL); a MATERIALIZED step and a final sort,
-    # because relaxed_order iterative scans may return rows slightly out of order; then the
-    # best pair per product, joined to the product rows in the same statement.
+    # The best pair per product (hits_sql), joined to the product rows in the same statement.
     sql = (
         f"WITH q AS MATERIALIZED ({queries}), "
-        f"hits AS MATERIALIZED (SELECT e.product_id, e.image_key, e.distance FROM q CROSS JOIN "
-        f"LATERAL (SELECT product_id, image_key, {expression} <=> q.v AS distance FROM {TABLE} "
-        f"WHERE {where} ORDER BY {expression} <=> q.v LIMIT %s) e), "
-        "best AS (SELECT DISTINCT ON (product_id) product_id, image_key, distance FROM hits "
-        "ORDER BY product_id, distance) "
-        f"SELECT p.*, best.image_key AS vs_image_key, 1 - best.distance AS vs_score, "
-        f"(SELECT count(*) FROM hits) AS vs_hits, (SELECT count(*) FROM q) AS vs_queries "
+        f"hits AS MATERIALIZED ({hits_sql(expression, where, bonus)}), "
+        "best AS (SELECT DISTINCT ON (product_id) product_id, image_key, distance, ranked "
+        "FROM hits ORDER BY product_id, ranked) "
+        f"SELECT p.*, best.image_key AS vs_image_key, 1 - best.ranked AS vs_score, "
+        "1 - best.distance AS vs_similarity, "
+        "(SELECT count(*) FROM hits WHERE NOT lifted) AS vs_hits, "
+        "(SELECT count(*) FROM q) AS vs_queries "
         f"FROM best JOIN {product_table} p ON p.{product_pk} = best.product_id "
-        "ORDER BY best.distance LIMIT %s"
+        "ORDER BY best.ranked LIMIT %s"
     )
     per_product = _rows_per_product.get(space.name, OVERFETCH)
     limit = min(k * per_product, MAX_ROWS)
     while True:
-        found = list(model._default_manager.raw(sql, [*params, *where_params, limit, k]))
+        scans = hits_params(where_params, limit, bonus)
+        found = list(model._default_manager.raw(sql, [*params, *scans, k]))
         fetched = found[0].vs_hits / max(1, found[0].vs_queries) if found else 0
         if len(found) >= k or fetched < limit or limit >= MAX_ROWS:
             break
         limit = min(limit * 4, MAX_ROWS)  # products with many images crowded the first rows
     if limit > k * per_product:
         _rows_per_product[space.name] = -(-limit // k)
-    return [Neighbour(p, p.vs_image_key, float(p.vs_score)) for p in found]
+    return [Neighbour(p, p.vs_image_key, float(p.vs_score), float(p.vs_similarity)) for p in found]
+
+
+def hits_sql(expression: str, where: str, bonus: float, query_columns: str = "") -> str:
+    """Per query vector (rows of ``q``, with ``v``), its nearest image rows: an index-ordered
+    scan (LATERAL); MATERIALIZED by the caller and sorted at the end, because relaxed_order
+    iterative scans may return rows slightly out of order. Rows are ``ranked`` by distance.
+    With a ``bonus``, a second scan finds the nearest image of a product the space's model did
+    not learn (a partial index holds them), ranked by its distance less the bonus: that
+    product is lifted, not every such product, so that the learned ones keep their places
+    behind it. ``query_columns``: those of ``q`` to keep. Parameters: ``hits_params``."""
+    columns = f"{query_columns}e.product_id, e.image_key, e.distance"
+
+    def scan(extra: str) -> str:
+        return (
+            f"FROM q CROSS JOIN LATERAL (SELECT product_id, image_key, {expression} <=> q.v AS "
+            f"distance FROM {TABLE} WHERE {where}{extra} ORDER BY {expression} <=> q.v LIMIT %s) e"
+        )
+
+    first = f"SELECT {columns}, e.distance AS ranked, false AS lifted {scan('')}"
+    if not bonus:
+        return first
+    return (
+        f"{first} UNION ALL SELECT {columns}, e.distance - {float(bonus):.6f} AS ranked, "
+        f"true AS lifted {scan(' AND NOT learned')}"
+    )
+
+
+def hits_params(where_params: list[Any], limit: int, bonus: float) -> list[Any]:
+    """The parameters of ``hits_sql``: its second scan's (one row) only with a bonus."""
+    first = [*where_params, limit]
+    return [*first, *where_params, 1] if bonus else first
 
 
 def _conditions(
@@ -156,17 +196,16 @@ def nearest_per_query(
     dim = space.known_dimension
     expression = vector_expression(dim)
     where, where_params = _conditions(space, queryset)
+    bonus = bonus_of(space)
     queries = " UNION ALL ".join([f"SELECT %s AS i, %s::halfvec({dim}) AS v"] * len(rows))
     params: list[Any] = []
     for index, row in enumerate(rows):
         params += [index, vector_literal(row)]
     sql = (
         f"WITH q AS MATERIALIZED ({queries}), "
-        f"hits AS MATERIALIZED (SELECT q.i, e.product_id, e.image_key, e.distance FROM q CROSS JOIN "
-        f"LATERAL (SELECT product_id, image_key, {expression} <=> q.v AS distance FROM {TABLE} "
-        f"WHERE {where} ORDER BY {expression} <=> q.v LIMIT %s) e) "
-        "SELECT DISTINCT ON (i, product_id) i, product_id, image_key, 1 - distance FROM hits "
-        "ORDER BY i, product_id, distance"
+        f"hits AS MATERIALIZED ({hits_sql(expression, where, bonus, 'q.i, ')}) "
+        "SELECT DISTINCT ON (i, product_id) i, product_id, image_key, 1 - ranked, "
+        "1 - distance FROM hits ORDER BY i, product_id, ranked"
     )
     with transaction.atomic(), connection.cursor() as cursor:
         # On a small catalogue the planner prefers one exact scan per region to the index, three
@@ -176,14 +215,14 @@ def nearest_per_query(
         cursor.execute("SELECT current_setting('enable_seqscan')")
         (seqscan,) = cursor.fetchone()
         cursor.execute("SELECT set_config('enable_seqscan', 'off', true)")
-        cursor.execute(sql, [*params, *where_params, k * OVERFETCH])
+        cursor.execute(sql, [*params, *hits_params(where_params, k * OVERFETCH, bonus)])
         found = cursor.fetchall()
         cursor.execute("SELECT set_config('enable_seqscan', %s, true)", [seqscan])
     products = queryset.in_bulk({row[1] for row in found})
     per_query: list[list[Neighbour]] = [[] for _ in rows]
-    for index, pk, key, score in sorted(found, key=lambda row: (row[0], -row[3])):
+    for index, pk, key, score, similarity in sorted(found, key=lambda row: (row[0], -row[3])):
         if pk in products and len(per_query[index]) < k:
-            per_query[index].append(Neighbour(products[pk], key, float(score)))
+            per_query[index].append(Neighbour(products[pk], key, float(score), float(similarity)))
     return per_query
 
 

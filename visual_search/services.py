@@ -56,6 +56,8 @@ class ProductNotEmbedded(VisualSearchError):
 @dataclass(frozen=True)
 class SearchResult:
     product: models.Model
+    # What ranks the results: the cosine similarity of the best image pair, plus the bonus
+    # of a product the adapted space's model did not learn (unlearned.py).
     score: float
     image_key: str
     # Calibrated probability that this is the photographed product (photo searches in a
@@ -125,7 +127,10 @@ def search_by_image(
     vector, space = _encode_for_query([picture])
     # One more than asked: with k=1 the top result's margin still needs its rival.
     found = nearest_products(space, k=k + 1, vectors=vector, queryset=_products(queryset))
-    confidences = result_confidences(_calibration(space), [n.score for n in found])
+    # From the similarities, without the bonus: it lifts a product the model did not learn
+    # in the ranking, but the confidence was calibrated on products it learned; answered on
+    # its own similarity and margin, such a product is more often "no match" than wrong.
+    confidences = result_confidences(_calibration(space), [n.similarity for n in found])
     return [
         SearchResult(n.product, n.score, n.image_key, confidence)
         for n, confidence in zip(found[:k], confidences, strict=False)
@@ -437,6 +442,14 @@ def _evaluation(report: dict[str, Any]) -> str:
             f"confidence calibrated against {against}: "
             f"{fitted['coverage_at_90_precision']:.0%} of in-catalogue photos answered at 90 % "
             "precision" + (f" (MIN_CONFIDENCE {threshold:.2f})" if threshold is not None else "")
+        )
+    unlearned = report.get("unlearned") or {}
+    if "after" in unlearned:
+        before, after = unlearned["before"], unlearned["after"]
+        parts.append(
+            f"products it did not learn found first {before['unlearned_R@1']:.0%} → "
+            f"{after['unlearned_R@1']:.0%} with a bonus of {unlearned['bonus']:.2f} "
+            f"(learned products {before['learned_R@1']:.0%} → {after['learned_R@1']:.0%})"
         )
     return "; ".join(parts)
 

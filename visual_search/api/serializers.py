@@ -87,7 +87,11 @@ class ReindexSerializer(serializers.Serializer):
 
 class ResultSerializer(serializers.Serializer):
     product = serializers.SerializerMethodField()
-    score = serializers.FloatField(help_text="Cosine similarity, -1 to 1 (higher is closer).")
+    score = serializers.FloatField(
+        help_text="Cosine similarity of the best image pair, -1 to 1 (higher is closer); in a "
+        "photo search of a catalogue-adapted space, plus a bonus (at most 1) for the nearest "
+        "product its model did not learn. Results are ordered by it."
+    )
     matched_image = serializers.CharField(
         source="image_key", help_text="The product image that matched best."
     )
