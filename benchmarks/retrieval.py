@@ -13,18 +13,25 @@ method's adaptation time and query latency. --holdout-products 0.2 leaves a seed
 the classes out of the catalogue: their photos are then queries for products the shop does
 not sell, and the calibrated confidence is measured (precision of the answered queries
 against the share of in-catalogue photos answered, at the threshold the adaptation chose
-from the catalogue's own images and along the whole curve).
+from the catalogue's own images and along the whole curve). --new-products 0.2 leaves another
+seeded fifth out until the catalogue has been adapted, then adds them with their studio image
+alone, as a shop adds products: their photos then measure products the adapted model never
+learned, among those it did ("R@1 new" against "R@1 learned"), with the bonus the adaptation
+fitted for them and without it (unlearned.py).
 
     python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic --gallery iconic,train --queries val
     python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic,train --queries val --adapt whitening,finetune --holdout-products 0.2
+    python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic,train --queries val --adapt finetune --new-products 0.2
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +125,12 @@ def metrics(ranks: list[int | None]) -> dict[str, float]:
 
 
 def evaluate(
-    args: Any, queries: list[tuple[str, str]], by_pk: dict[Any, str], strangers: set[str], mode: str
+    args: Any,
+    queries: list[tuple[str, str]],
+    by_pk: dict[Any, str],
+    strangers: set[str],
+    mode: str,
+    new: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Search every query in the active space; ranks of in-catalogue queries, latency, and
     (with strangers) how the calibrated confidence separates answers from strangers; with
@@ -157,6 +169,12 @@ def evaluate(
         cursor.execute("RESET enable_indexscan")
     latencies.sort()
     row = {**metrics(ranks), "p50_ms": latencies[len(latencies) // 2] * 1000}
+    if new:
+        classes = [fine for _, fine in queries if fine not in strangers]
+        for label, wanted in (("new", True), ("learned", False)):
+            part = [r for r, fine in zip(ranks, classes, strict=True) if (fine in new) == wanted]
+            row[f"R@1 {label}"] = metrics(part)["R@1"]
+            row[f"R@5 {label}"] = metrics(part)["R@5"]
     if strangers and None not in confidence:
         confidence_a, correct_a, inside_a = map(np.array, (confidence, correct, inside))
         curve = calibration.precision_coverage(confidence_a, correct_a, inside_a)
@@ -198,6 +216,12 @@ def main() -> None:
         default=0.0,
         help="share of the classes left out of the catalogue (their photos: strangers)",
     )
+    parser.add_argument(
+        "--new-products",
+        type=float,
+        default=0.0,
+        help="share of the catalogue's classes added after adapting, with their studio image alone",
+    )
     parser.add_argument("--seed", type=int, default=0, help="which classes are held out")
     parser.add_argument(
         "--per-query",
@@ -229,10 +253,16 @@ def main() -> None:
             random.Random(args.seed).sample(ids, round(len(ids) * args.holdout_products))
         )
         classes = [c for c in classes if c["id"] not in strangers]
+    new: set[str] = set()
+    if args.new_products:
+        ids = sorted(c["id"] for c in classes)
+        new = set(random.Random(args.seed + 1).sample(ids, round(len(ids) * args.new_products)))
+        if not args.adapt:
+            parser.error("--new-products measures adapted spaces: give --adapt too")
     queries = read_split(args.data, args.queries)
     if args.limit:
         queries = queries[: args.limit]
-    products = make_products(args.data, classes)
+    products = make_products(args.data, [c for c in classes if c["id"] not in new])
     by_pk = {p.pk: fine for fine, p in products.items()}
     encoder = get_encoder()
     print(
@@ -300,8 +330,18 @@ def main() -> None:
                     f"{adapted.report['before']} -> {adapted.report['after']}"
                 )
                 adaptation.switch(space)
-            for mode in ("hnsw", "exact"):
-                row, records = evaluate(args, queries, by_pk, strangers, mode)
+                if new and not set(by_pk.values()) & new:
+                    added = make_products(args.data, [c for c in classes if c["id"] in new])
+                    services.embed_many([p.pk for p in added.values()])
+                    by_pk.update({p.pk: fine for fine, p in added.items()})
+                    print(f"added {len(added)} products with their studio image alone")
+            bonus = (space.report.get("unlearned") or {}).get("bonus") if space else None
+            searches = [("hnsw", None), ("exact", None)]
+            if new and bonus:
+                searches.append(("hnsw", 0.0))
+            for mode, override in searches:
+                with unlearned_bonus(override):
+                    row, records = evaluate(args, queries, by_pk, strangers, mode, new)
                 if args.per_query:
                     per_query[f"{variant} {label} {mode}"] = records
                 row = {
@@ -309,6 +349,7 @@ def main() -> None:
                     "gallery_images": gallery_size,
                     "space": label,
                     "search": mode,
+                    **({"bonus": bonus if override is None else override} if new else {}),
                     **row,
                     "adapt_s": round(adapt_s, 1) if adapt_s is not None else None,
                 }
@@ -326,6 +367,7 @@ def main() -> None:
                 "gallery_images",
                 "space",
                 "search",
+                *(["bonus", "R@1 new", "R@5 new", "R@1 learned", "R@5 learned"] if new else []),
                 "R@1",
                 "R@5",
                 "R@10",
@@ -343,6 +385,7 @@ def main() -> None:
             "queries": args.queries,
             "n_queries": len(queries),
             "held_out_products": sorted(strangers, key=int),
+            "new_products": sorted(new, key=int),
             "encoder": encoder.describe(),
             "runtime": getattr(encoder, "runtime", None),
             "embedding": timings,
@@ -350,6 +393,21 @@ def main() -> None:
             **({"per_query": per_query} if args.per_query else {}),
         },
     )
+
+
+@contextlib.contextmanager
+def unlearned_bonus(value: float | None) -> Iterator[None]:
+    """Searches with this ``ADAPTATION["UNLEARNED_BONUS"]`` (None: the fitted one)."""
+    if value is None:
+        yield
+        return
+    from django.conf import settings
+    from django.test import override_settings
+
+    vs = getattr(settings, "VISUAL_SEARCH", {})
+    adaptation = {**vs.get("ADAPTATION", {}), "UNLEARNED_BONUS": value}
+    with override_settings(VISUAL_SEARCH={**vs, "ADAPTATION": adaptation}):
+        yield
 
 
 if __name__ == "__main__":
