@@ -17,7 +17,7 @@ from the catalogue's own images and along the whole curve). --new-products 0.2 l
 seeded fifth out until the catalogue has been adapted, then adds them with their studio image
 alone, as a shop adds products: their photos then measure products the adapted model never
 learned, among those it did ("R@1 new" against "R@1 learned"), with the bonus the adaptation
-fitted for them and without it (unlearned.py).
+fitted for them and, side by side, with each of --bonuses (default: none, 0) (unlearned.py).
 
     python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic --gallery iconic,train --queries val
     python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic,train --queries val --adapt whitening,finetune --holdout-products 0.2
@@ -222,6 +222,12 @@ def main() -> None:
         default=0.0,
         help="share of the catalogue's classes added after adapting, with their studio image alone",
     )
+    parser.add_argument(
+        "--bonuses",
+        default="0",
+        help="with --new-products, fixed bonuses for unlearned products to search with "
+        "besides the fitted one, comma-separated",
+    )
     parser.add_argument("--seed", type=int, default=0, help="which classes are held out")
     parser.add_argument(
         "--per-query",
@@ -337,8 +343,10 @@ def main() -> None:
                     print(f"added {len(added)} products with their studio image alone")
             bonus = (space.report.get("unlearned") or {}).get("bonus") if space else None
             searches = [("hnsw", None), ("exact", None)]
-            if new and bonus:
-                searches.append(("hnsw", 0.0))
+            if new and space is not None:
+                searches += [
+                    ("hnsw", float(b)) for b in args.bonuses.split(",") if float(b) != bonus
+                ]
             for mode, override in searches:
                 with unlearned_bonus(override):
                     row, records = evaluate(args, queries, by_pk, strangers, mode, new)
