@@ -351,7 +351,8 @@ def main() -> None:
                 with unlearned_bonus(override):
                     row, records = evaluate(args, queries, by_pk, strangers, mode, new)
                 if args.per_query:
-                    per_query[f"{variant} {label} {mode}"] = records
+                    key = f"{variant} {label} {mode}"
+                    per_query[key if override is None else f"{key} bonus {override}"] = records
                 row = {
                     "gallery": variant,
                     "gallery_images": gallery_size,

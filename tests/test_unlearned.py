@@ -84,7 +84,7 @@ DIM = 8
 
 @pytest.fixture
 def adapted(db):
-    """A base space and an adapted one (fitted bonus 0.2) whose rows are set by hand: 12
+    """A base space and an adapted one (a stored bonus of 0.2) whose rows are set by hand: 12
     learned products at similarities 0.97 to 0.86 to the query, then two products the model
     did not learn at 0.8 and 0.75, beyond the rows the first scan fetches for k = 2."""
     base, pks, _, _, _ = synthetic_catalogue(14, 2, DIM)

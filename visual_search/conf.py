@@ -95,9 +95,9 @@ DEFAULTS: dict[str, Any] = {
         # Share of those products left out of the check as "strangers" (products the shop
         # does not sell) to calibrate match confidence; the stored model then learns them too.
         "STRANGERS": 0.2,
-        # Added to the scores of products the adapted model did not learn (a single image, or
-        # added since) so that they can compete with those it learned; None: the bonus the
-        # adaptation fitted on its strangers (unlearned.py), 0: none.
+        # Added, in a photo search, to the score of the nearest product the adapted model did
+        # not learn (a single image, or added since) so that it can compete with those it
+        # learned; None: the bonus the adaptation fitted on its strangers (unlearned.py), 0: none.
         "UNLEARNED_BONUS": None,
     },
     "API": {

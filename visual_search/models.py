@@ -162,7 +162,7 @@ class ProductEmbedding(models.Model):
     segment = models.TextField(_("segment"), blank=True, default="")
     # In an adapted space, whether its model learned this image's product (the product had
     # several images when it was adapted); None in a space that learns nothing (the base).
-    # Searches raise the scores of the products it did not learn (unlearned.py).
+    # Photo searches raise the score of the nearest product it did not learn (unlearned.py).
     learned = models.BooleanField(_("learned"), null=True, default=None)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
