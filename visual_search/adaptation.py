@@ -354,9 +354,9 @@ def adapt(
 def mark_learned(space: EmbeddingSpace, products: np.ndarray) -> None:
     """Flag the space's rows by whether its model learned their product; the pipeline flags
     the rows it adds later the same way (a new product's are not)."""
-    rows = ProductEmbedding.objects.filter(space=space)
-    rows.filter(product_id__in=list(products)).update(learned=True)
-    rows.exclude(product_id__in=list(products)).update(learned=False)
+    rows, learned = ProductEmbedding.objects.filter(space=space), list(products)
+    rows.filter(product_id__in=learned).update(learned=True)
+    rows.exclude(product_id__in=learned).update(learned=False)
 
 
 def _timed(progress: Callable[[str], None], started: float) -> Callable[[str], None]:
