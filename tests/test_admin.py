@@ -62,7 +62,7 @@ def test_status_page(client, catalogue, staff, make_product):
         status="pending", updated_at=timezone.now() - timedelta(minutes=11)
     )
     page = client.get(reverse("admin:visual_search_productembedding_status")).content.decode()
-    assert "1 embedding(s) have been pending since" in page
+    assert "1 embedding has been pending since" in page
     assert "check that a Celery worker is running" in page
 
 
@@ -77,7 +77,7 @@ def test_status_page_reindex_button(client, celery_worker, staff, make_product, 
     client.force_login(staff("manager", reindex=True))
     assert "Reindex missing and failed" in client.get(url).content.decode()
     response = client.post(url, follow=True)
-    assert "Queued 1 product(s) for embedding in 1 task(s)." in response.content.decode()
+    assert "Queued 1 product for embedding in 1 task(s)." in response.content.decode()
     wait_for(
         lambda: ProductEmbedding.objects.filter(product_id=product.pk, status="ready").exists(),
         what="the queued product to be embedded by the worker",
@@ -108,7 +108,7 @@ def test_reindex_action_on_the_shops_product_admin(
     assert "You do not have permission to reindex" in response.content.decode()
     client.force_login(staff("manager", reindex=True))
     response = client.post(CHANGELIST, data, follow=True)
-    assert "Queued 3 product(s) for embedding in 2 task(s)." in response.content.decode()
+    assert "Queued 3 products for embedding in 2 task(s)." in response.content.decode()
 
     def all_redone():
         rows = ProductEmbedding.objects.filter(product_id__in=pks, status="ready")

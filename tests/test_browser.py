@@ -225,7 +225,7 @@ def test_merchant_reviews_suggested_hotspots_in_the_admin(page, shop, tmp_path, 
     page.fill("#id_title", "Breakfast")
     page.set_input_files("#id_image", str(upload))
     submit(page, "input[name=_continue]")
-    assert "suggested hotspot(s)" in page.locator("ul.messagelist").inner_text()
+    assert "suggested hotspot" in page.locator("ul.messagelist").inner_text()
     look = Look.objects.get(title="Breakfast")
     suggested = list(look.items.order_by("position"))
     assert len(suggested) >= 2

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext, gettext_lazy, ngettext, pgettext
 
 from visual_search import adaptation_runs, services
 from visual_search.adaptation import switch
@@ -41,7 +42,9 @@ class ProductSearchMixin(ModelAdminMixinBase):
             fields = list(getattr(product_admin, "search_fields", None) or [])
             products = get_product_model()._default_manager.all()
             if fields and product_admin is not None:
-                products, _ = product_admin.get_search_results(request, products, search_term)
+                products, _duplicates = product_admin.get_search_results(
+                    request, products, search_term
+                )
             else:
                 products = (
                     products.filter(pk__in=[search_term])
@@ -89,18 +92,18 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_badge(self, obj: ProductEmbedding) -> str:
         colours = {"ready": "#15803d", "pending": "#b45309", "failed": "#b91c1c"}
         return format_html(
             '<strong style="color:{}">{}</strong>', colours[obj.status], obj.get_status_display()
         )
 
-    @admin.display(description="error")
+    @admin.display(description=gettext_lazy("error"))
     def short_error(self, obj: ProductEmbedding) -> str:
         return obj.error[:120]
 
-    @admin.action(description="Reindex the products of the selected rows")
+    @admin.action(description=gettext_lazy("Reindex the products of the selected rows"))
     def reindex_products(self, request: HttpRequest, queryset: QuerySet) -> None:
         pks = list(queryset.values_list("product_id", flat=True).distinct())
         queue_and_report(self, request, pks)
@@ -114,12 +117,18 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         # The worker reads the run: queue once it is committed (at once, outside a transaction).
         transaction.on_commit(lambda: adaptation_runs.send(run))
         if run.state == AdaptationState.FAILED:
-            self.message_user(request, f"Adaptation not queued: {run.message}", messages.ERROR)
+            self.message_user(
+                request,
+                gettext("Adaptation not queued: %(reason)s") % {"reason": run.message},
+                messages.ERROR,
+            )
             return
         self.message_user(
             request,
-            "Adaptation queued: a worker learns it, checks it on held-out images and switches "
-            "to it only if it is better. This page shows its progress and outcome.",
+            gettext(
+                "Adaptation queued: a worker learns it, checks it on held-out images and switches "
+                "to it only if it is better. This page shows its progress and outcome."
+            ),
             messages.SUCCESS,
         )
 
@@ -128,11 +137,17 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         space = base and EmbeddingSpace.objects.filter(name=name, base=base).first()
         if space is None:
             self.message_user(
-                request, f"No adapted space {name!r} of the current encoder.", messages.ERROR
+                request,
+                gettext("No adapted space %(name)r of the current encoder.") % {"name": name},
+                messages.ERROR,
             )
             return
         switch(space)
-        self.message_user(request, f"Queries run in {space.name} now.", messages.SUCCESS)
+        self.message_user(
+            request,
+            gettext("Queries run in %(space)s now.") % {"space": space.name},
+            messages.SUCCESS,
+        )
 
     def get_urls(self) -> list:
         info = self.model._meta.app_label, self.model._meta.model_name
@@ -156,7 +171,9 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
                 self._queue_adaptation(request)
             elif action == "revert":
                 switch(None)
-                self.message_user(request, "Queries run in the base space again.", messages.SUCCESS)
+                self.message_user(
+                    request, gettext("Queries run in the base space again."), messages.SUCCESS
+                )
             elif action == "activate":
                 self._activate(request, request.POST.get("space", ""))
             else:
@@ -167,7 +184,7 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
             return HttpResponseRedirect(request.path)
         context = {
             **self.admin_site.each_context(request),
-            "title": "Visual search index status",
+            "title": gettext("Visual search index status"),
             "opts": self.model._meta,
             "report": services.status_report(),
             "can_reindex": can_reindex(request),
@@ -197,7 +214,7 @@ class AdaptationRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.display(description="progress and outcome")
+    @admin.display(description=gettext_lazy("progress and outcome"))
     def outcome(self, run: AdaptationRun) -> str:
         return run.latest[:160]
 
@@ -210,12 +227,15 @@ class EmbeddingSpaceAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    @admin.display(description="HNSW index")
+    @admin.display(description=gettext_lazy("HNSW index"))
     def index_health(self, obj: EmbeddingSpace) -> str:
         state = index_state(obj.name)
         if not state.exists:
-            return "missing"
-        return f"{'valid' if state.valid else 'INVALID'}, {state.size_bytes // 1024} kB"
+            return pgettext("index", "missing")
+        size = state.size_bytes // 1024
+        if state.valid:
+            return gettext("valid, %(size)d kB") % {"size": size}
+        return gettext("INVALID, %(size)d kB") % {"size": size}
 
 
 class LookItemInline(admin.TabularInline):
@@ -234,11 +254,11 @@ class LookItemInline(admin.TabularInline):
         }
     }
 
-    @admin.display(description="match score")
+    @admin.display(description=gettext_lazy("match score"))
     def match(self, item: LookItem) -> str:
         return "-" if item.score is None else f"{item.score:.2f}"
 
-    @admin.display(description="top products (click one to use it)")
+    @admin.display(description=gettext_lazy("top products (click one to use it)"))
     def candidates(self, item: LookItem) -> str:
         if not item.alternatives:
             return "-"
@@ -263,11 +283,11 @@ class LookAdmin(admin.ModelAdmin):
         css = {"all": ["visual_search/look_admin.css"]}
         js = ["visual_search/look_admin.js"]
 
-    @admin.display(description="hotspots")
+    @admin.display(description=gettext_lazy("hotspots"))
     def hotspots(self, look: Look) -> int:
         return look.items.filter(suggested=False).count()
 
-    @admin.display(description="suggestions to review")
+    @admin.display(description=gettext_lazy("suggestions to review"))
     def suggestions(self, look: Look) -> int:
         return look.items.filter(suggested=True).count()
 
@@ -277,7 +297,7 @@ class LookAdmin(admin.ModelAdmin):
         if not look.items.exists():  # a new look: suggest hotspots straight away
             self._suggest(request, [look])
 
-    @admin.action(description="Suggest hotspots (shop the look)")
+    @admin.action(description=gettext_lazy("Suggest hotspots (shop the look)"))
     def suggest_hotspots(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._suggest(request, list(queryset))
 
@@ -286,11 +306,21 @@ class LookAdmin(admin.ModelAdmin):
             try:
                 found = services.suggest_look_items(look)
             except Exception as exc:  # a bad image or search outage: say so, keep the look
-                self.message_user(request, f"{look}: no suggestions ({exc})", messages.WARNING)
+                self.message_user(
+                    request,
+                    gettext("%(look)s: no suggestions (%(error)s)") % {"look": look, "error": exc},
+                    messages.WARNING,
+                )
                 continue
             self.message_user(
                 request,
-                f"{look}: {len(found)} suggested hotspot(s). Review them below: untick "
-                '"suggested" to accept, change the product or box, or delete.',
+                ngettext(
+                    "%(look)s: %(count)d suggested hotspot. Review it below: untick "
+                    '"suggested" to accept, change the product or box, or delete.',
+                    "%(look)s: %(count)d suggested hotspots. Review them below: untick "
+                    '"suggested" to accept, change the product or box, or delete.',
+                    len(found),
+                )
+                % {"look": look, "count": len(found)},
                 messages.INFO,
             )

@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.translation import gettext, gettext_lazy, ngettext
 
 from visual_search import services
 
@@ -25,7 +26,7 @@ def can_reindex(request: HttpRequest) -> bool:
 def queue_and_report(modeladmin: Any, request: HttpRequest, pks: list[Any]) -> None:
     if not can_reindex(request):
         modeladmin.message_user(
-            request, "You do not have permission to reindex products.", messages.ERROR
+            request, gettext("You do not have permission to reindex products."), messages.ERROR
         )
         return
     try:
@@ -35,12 +36,17 @@ def queue_and_report(modeladmin: Any, request: HttpRequest, pks: list[Any]) -> N
         return
     modeladmin.message_user(
         request,
-        f"Queued {products} product(s) for embedding in {tasks} task(s).",
+        ngettext(
+            "Queued %(products)d product for embedding in %(tasks)d task(s).",
+            "Queued %(products)d products for embedding in %(tasks)d task(s).",
+            products,
+        )
+        % {"products": products, "tasks": tasks},
         messages.SUCCESS,
     )
 
 
-@admin.action(description="Reindex selected products (visual search)")
+@admin.action(description=gettext_lazy("Reindex selected products (visual search)"))
 def reindex_selected_products(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
     queue_and_report(modeladmin, request, list(queryset.values_list("pk", flat=True)))
 

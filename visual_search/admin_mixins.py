@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
+from django.utils.translation import gettext_lazy
 
 from visual_search.admin_actions import reindex_selected_products
 from visual_search.models import EmbeddingStatus, ProductEmbedding
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
 else:
     ModelAdminMixinBase = object
 
+STATUS_LABELS = {
+    "failed": gettext_lazy("Failed"),
+    "pending": gettext_lazy("Pending"),
+    "ready": gettext_lazy("Ready"),
+    "missing": gettext_lazy("Missing"),
+}
 STATUSES = {
     "failed": Q(vs_failed=True),
     "pending": Q(vs_failed=False, vs_pending=True),
@@ -49,11 +56,11 @@ def status_of(product: Any) -> str:
 
 
 class EmbeddingStatusFilter(admin.SimpleListFilter):
-    title = "visual search"
+    title = gettext_lazy("visual search")
     parameter_name = "visual_search"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(name, name.capitalize()) for name in STATUSES]
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [(name, STATUS_LABELS[name]) for name in STATUSES]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
         value = self.value()
@@ -88,6 +95,6 @@ class VisualSearchAdminMixin(ModelAdminMixinBase):
             actions.setdefault(reindex_selected_products.__name__, entry)
         return actions
 
-    @admin.display(description="visual search")
+    @admin.display(description=gettext_lazy("visual search"))
     def visual_search_status(self, product: Any) -> str:
-        return status_of(product)
+        return str(STATUS_LABELS[status_of(product)])

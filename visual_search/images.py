@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from django.utils.translation import gettext as _
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visual_search.conf import vs_settings
@@ -35,7 +36,9 @@ def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
         try:
             size = path.stat().st_size
         except FileNotFoundError as exc:
-            raise UnusableImage(f"Image file not found: {path}", "not_found") from exc
+            raise UnusableImage(
+                _("Image file not found: %(name)s") % {"name": path}, "not_found"
+            ) from exc
         if size > limit:
             raise UnusableImage(_too_large(size, limit), "too_large")
         data = path.read_bytes()
@@ -46,11 +49,13 @@ def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
             # A field whose file is gone from storage: as permanent as a missing path. Other
             # errors (a storage that does not answer) propagate, and the task tries again.
             name = getattr(source, "name", None) or type(source).__name__
-            raise UnusableImage(f"Image file not found: {name}", "not_found") from exc
+            raise UnusableImage(
+                _("Image file not found: %(name)s") % {"name": name}, "not_found"
+            ) from exc
     if len(data) > limit:
         raise UnusableImage(_too_large(len(data), limit), "too_large")
     if not data:
-        raise UnusableImage("The image file is empty (0 bytes).", "empty")
+        raise UnusableImage(_("The image file is empty (0 bytes)."), "empty")
     return data
 
 
@@ -58,7 +63,9 @@ def _read_file(source: Any, limit: int) -> bytes:
     # A Django FieldFile opens its storage file on the first attribute it proxies, ``read``
     # included: even the hasattr below can raise FileNotFoundError.
     if not hasattr(source, "read"):
-        raise UnusableImage(f"Cannot read an image from {type(source).__name__}", "unreadable")
+        raise UnusableImage(
+            _("Cannot read an image from %(type)s") % {"type": type(source).__name__}, "unreadable"
+        )
     if hasattr(source, "open") and getattr(source, "closed", False):
         source.open("rb")
     if hasattr(source, "seek"):
@@ -67,7 +74,16 @@ def _read_file(source: Any, limit: int) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return f"The image is too large: {size} bytes, the limit is {limit} bytes."
+    return _("The image is too large: %(size)d bytes, the limit is %(limit)d bytes.") % {
+        "size": size,
+        "limit": limit,
+    }
+
+
+def _corrupt(exc: Exception) -> UnusableImage:
+    return UnusableImage(
+        _("The image is corrupt or truncated: %(error)s") % {"error": exc}, "corrupt"
+    )
 
 
 def load_image(source: ImageSource, *, box: Box | None = None) -> Image.Image:
@@ -105,15 +121,17 @@ def _decode(data: bytes) -> tuple[Image.Image, float]:
             image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnusableImage(
-            f"The image has too many pixels (decompression bomb): {exc}", "decompression_bomb"
+            _("The image has too many pixels (decompression bomb): %(error)s") % {"error": exc},
+            "decompression_bomb",
         ) from exc
     except UnidentifiedImageError as exc:
         raise UnusableImage(
-            "The file is not an image in an accepted format (" + ", ".join(formats) + ").",
+            _("The file is not an image in an accepted format (%(formats)s).")
+            % {"formats": ", ".join(formats)},
             "not_an_image",
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise UnusableImage(f"The image is corrupt or truncated: {exc}", "corrupt") from exc
+        raise _corrupt(exc) from exc
     return image, image.width / full_size[0]
 
 
@@ -124,7 +142,7 @@ def displayed_size(data: bytes) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as image:
             return _oriented_size(image)
     except (UnidentifiedImageError, OSError) as exc:
-        raise UnusableImage(f"The image is corrupt or truncated: {exc}", "corrupt") from exc
+        raise _corrupt(exc) from exc
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
@@ -161,14 +179,15 @@ def _scaled_box(box: Box, size: tuple[int, int], scale: float) -> tuple[int, int
         left, top, right, bottom = (float(v) * scale for v in box)
     except (TypeError, ValueError) as exc:
         raise UnusableImage(
-            "The crop box must be four numbers: left, top, right, bottom.", "bad_box"
+            _("The crop box must be four numbers: left, top, right, bottom."), "bad_box"
         ) from exc
     width, height = size
     left, top = max(0.0, left), max(0.0, top)
     right, bottom = min(float(width), right), min(float(height), bottom)
     if right - left < 1 or bottom - top < 1:
         raise UnusableImage(
-            f"The crop box {tuple(box)} is empty or outside the image ({width}x{height} px).",
+            _("The crop box %(box)s is empty or outside the image (%(width)dx%(height)d px).")
+            % {"box": tuple(box), "width": width, "height": height},
             "bad_box",
         )
     return round(left), round(top), round(right), round(bottom)

@@ -16,6 +16,7 @@ from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import models
 from django.db.models import Count, Min, Q
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from visual_search.adaptation import encode_in, is_fine_tuned, space_encoder
 from visual_search.adaptation_runs import is_stalled
@@ -79,7 +80,10 @@ def _resolve_product(product_or_pk: Any) -> models.Model:
     try:
         return model._default_manager.get(pk=product_or_pk)
     except (ObjectDoesNotExist, ValidationError, ValueError, TypeError) as exc:
-        raise ProductNotFound(f"No {model._meta.verbose_name} with key {product_or_pk!r}.") from exc
+        raise ProductNotFound(
+            gettext("No %(model)s with key %(key)r.")
+            % {"model": model._meta.verbose_name, "key": product_or_pk}
+        ) from exc
 
 
 def _results(neighbours: Sequence[Neighbour]) -> list[SearchResult]:
@@ -106,7 +110,8 @@ def similar_products(
         found = nearest_products(space, k=k, of_product=pk, queryset=_products(queryset))
     if not found and not has_ready_embedding(space, pk):
         raise ProductNotEmbedded(
-            f"Product {pk} has no ready embedding in space {current_space_name()!r} yet."
+            gettext("Product %(key)s has no ready embedding in space %(space)r yet.")
+            % {"key": pk, "space": current_space_name()}
         )
     return _results(found)
 
@@ -388,7 +393,8 @@ def queue_products(
     for start in range(0, len(pks), chunk_size):
         if not schedule_embedding(pks[start : start + chunk_size], force=force, space=space):
             raise VisualSearchError(
-                f"The task broker is unreachable; queued {start} of {len(pks)} products."
+                gettext("The task broker is unreachable; queued %(queued)d of %(total)d products.")
+                % {"queued": start, "total": len(pks)}
             )
         tasks += 1
     return len(pks), tasks

@@ -16,6 +16,8 @@ import ssl
 import time
 from urllib.parse import urljoin, urlsplit
 
+from django.utils.translation import gettext
+
 from visual_search.exceptions import VisualSearchError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -73,17 +75,31 @@ def resolve(host: str, port: int, allowed: list) -> IPAddress:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise FetchRefused(f"Cannot resolve host {host!r}.", "url_unresolvable") from exc
+        raise FetchRefused(
+            gettext("Cannot resolve host %(host)r.") % {"host": host}, "url_unresolvable"
+        ) from exc
     addresses = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         reason = address_refusal(address, allowed)
         if reason:
-            raise FetchRefused(f"Refused to fetch from {host}: {reason}.", "url_forbidden")
+            raise FetchRefused(
+                gettext("Refused to fetch from %(host)s: %(reason)s.")
+                % {"host": host, "reason": reason},
+                "url_forbidden",
+            )
         addresses.append(address)
     if not addresses:
-        raise FetchRefused(f"Host {host!r} has no address.", "url_unresolvable")
+        raise FetchRefused(
+            gettext("Host %(host)r has no address.") % {"host": host}, "url_unresolvable"
+        )
     return addresses[0]
+
+
+def _too_large(max_bytes: int) -> FetchRefused:
+    return FetchRefused(
+        gettext("The image is larger than %(limit)d bytes.") % {"limit": max_bytes}, "too_large"
+    )
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -119,20 +135,20 @@ def fetch(
     for _ in range(max_redirects + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise FetchRefused("Only http and https URLs can be fetched.", "url_scheme")
+            raise FetchRefused(gettext("Only http and https URLs can be fetched."), "url_scheme")
         if not parts.hostname:
-            raise FetchRefused("The URL has no host.", "url_invalid")
+            raise FetchRefused(gettext("The URL has no host."), "url_invalid")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
-            raise FetchRefused("The URL has an invalid port.", "url_invalid") from exc
+            raise FetchRefused(gettext("The URL has an invalid port."), "url_invalid") from exc
         address = resolve(parts.hostname, port, allowed)
         connection_class = (
             _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
         )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise FetchRefused("The image download took too long.", "url_timeout")
+            raise FetchRefused(gettext("The image download took too long."), "url_timeout")
         connection = connection_class(address, parts.hostname, port, remaining)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
@@ -143,20 +159,28 @@ def fetch(
             if response.status in (301, 302, 303, 307, 308):
                 location = response.getheader("Location")
                 if not location:
-                    raise FetchRefused("A redirect without a Location.", "url_failed")
+                    raise FetchRefused(gettext("A redirect without a Location."), "url_failed")
                 url = urljoin(url, location)
                 continue
             if response.status != 200:
-                raise FetchRefused(f"The image URL answered HTTP {response.status}.", "url_failed")
+                raise FetchRefused(
+                    gettext("The image URL answered HTTP %(status)d.")
+                    % {"status": response.status},
+                    "url_failed",
+                )
             length = response.getheader("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
-                raise FetchRefused(f"The image is larger than {max_bytes} bytes.", "too_large")
+                raise _too_large(max_bytes)
             return _read_limited(response, max_bytes, deadline)
         except (OSError, http.client.HTTPException) as exc:
-            raise FetchRefused(f"Could not download the image: {exc}", "url_failed") from exc
+            raise FetchRefused(
+                gettext("Could not download the image: %(error)s") % {"error": exc}, "url_failed"
+            ) from exc
         finally:
             connection.close()
-    raise FetchRefused(f"More than {max_redirects} redirects.", "url_failed")
+    raise FetchRefused(
+        gettext("More than %(count)d redirects.") % {"count": max_redirects}, "url_failed"
+    )
 
 
 def _read_limited(response: http.client.HTTPResponse, max_bytes: int, deadline: float) -> bytes:
@@ -164,11 +188,11 @@ def _read_limited(response: http.client.HTTPResponse, max_bytes: int, deadline: 
     size = 0
     while True:
         if time.monotonic() > deadline:
-            raise FetchRefused("The image download took too long.", "url_timeout")
+            raise FetchRefused(gettext("The image download took too long."), "url_timeout")
         chunk = response.read(min(65536, max_bytes + 1 - size))
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
-            raise FetchRefused(f"The image is larger than {max_bytes} bytes.", "too_large")
+            raise _too_large(max_bytes)

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationError
 from django.db import models
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.request import Request
 
@@ -28,10 +29,13 @@ def filtered_queryset(
     declared: dict[str, str] = vs_settings.API["FILTERS"]
     unknown = sorted(set(params) - reserved - set(declared) - {"format"})
     if unknown:
-        allowed = ", ".join(sorted(declared)) or "none"
+        allowed = ", ".join(sorted(declared)) or gettext("none")
         raise ApiValidationError(
             {
-                "detail": f"Unknown parameter(s): {', '.join(unknown)}. Filters allowed: {allowed}.",
+                "detail": gettext(
+                    "Unknown parameter(s): %(unknown)s. Filters allowed: %(allowed)s."
+                )
+                % {"unknown": ", ".join(unknown), "allowed": allowed},
                 "code": "unknown_parameter",
             }
         )
@@ -48,7 +52,10 @@ def filtered_queryset(
         queryset = queryset.filter(**lookups)  # bad values ("abc" for a price) raise here
     except (ValidationError, ValueError, TypeError, FieldError) as exc:
         raise ApiValidationError(
-            {"detail": f"Invalid filter value: {exc}", "code": "invalid_filter"}
+            {
+                "detail": gettext("Invalid filter value: %(error)s") % {"error": exc},
+                "code": "invalid_filter",
+            }
         )
     return queryset
 

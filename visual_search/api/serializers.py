@@ -4,6 +4,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext_lazy
 from rest_framework import serializers
 
 from visual_search.conf import vs_settings
@@ -25,8 +26,8 @@ class BoxField(serializers.Field):
     """A crop box "left,top,right,bottom" in pixels of the uploaded image."""
 
     default_error_messages = {
-        "invalid": 'Give the box as four numbers "left,top,right,bottom" (pixels).',
-        "empty": "The box must have right > left and bottom > top.",
+        "invalid": gettext_lazy('Give the box as four numbers "left,top,right,bottom" (pixels).'),
+        "empty": gettext_lazy("The box must have right > left and bottom > top."),
     }
 
     def to_internal_value(self, data: Any) -> tuple[float, float, float, float]:
@@ -49,9 +50,9 @@ class KSerializer(serializers.Serializer):
     def validate_k(self, value: int) -> int:
         max_k = int(vs_settings.QUERY["MAX_K"])
         if value > max_k:
-            raise serializers.ValidationError(
-                f"Ensure this value is less than or equal to {max_k}."
-            )
+            # DRF's own message for an IntegerField's max_value, so DRF's translations apply.
+            message = serializers.IntegerField.default_error_messages["max_value"]
+            raise serializers.ValidationError(str(message).format(max_value=max_k))
         return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -105,7 +106,9 @@ class VisualSearchView(APIView):
     def upload(self, request: Request) -> tuple[dict[str, Any], Any]:
         """The request's parameters and its photo; a clear 400 when no photo was sent."""
         if "image" not in request.FILES:
-            raise ApiError('Send the photo as a multipart file field named "image".', "no_file")
+            raise ApiError(
+                gettext('Send the photo as a multipart file field named "image".'), "no_file"
+            )
         return self.params(request), request.FILES["image"]
 
     def results(
@@ -182,7 +185,7 @@ class SearchByUrlView(VisualSearchView):
     def post(self, request: Request) -> Response:
         api = vs_settings.API
         if not api["URL_SEARCH"]:
-            raise NotFound("Search by image URL is not enabled on this shop.")
+            raise NotFound(gettext("Search by image URL is not enabled on this shop."))
         params = self.params(request)
         values = self.validated(UrlSearchSerializer, params)
         queryset = filtered_queryset(request, params, self.reserved_params)
@@ -276,7 +279,10 @@ class SimilarProductsView(VisualSearchView):
             raise ApiError(str(exc), "unknown_product", status.HTTP_404_NOT_FOUND)
         except services.ProductNotEmbedded as exc:
             raise ApiError(
-                f"{exc} Its images are still being processed, or failed; try again later.",
+                gettext(
+                    "%(error)s Its images are still being processed, or failed; try again later."
+                )
+                % {"error": exc},
                 "not_embedded",
                 status.HTTP_409_CONFLICT,
             )

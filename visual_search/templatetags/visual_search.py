@@ -7,6 +7,7 @@ from typing import Any
 
 from django import template
 from django.core.files.storage import default_storage
+from django.utils.translation import gettext
 
 from visual_search.cache import cached_similar
 from visual_search.conf import vs_settings
@@ -33,12 +34,14 @@ def similar_products(product: Any, k: int = 8) -> list[Any]:
 
 
 @register.inclusion_tag("visual_search/carousel.html")
-def similar_products_carousel(product: Any, k: int = 8, title: str = "Similar items") -> dict:
-    """A scroll-snap carousel of similar products (override visual_search/carousel.html)."""
+def similar_products_carousel(product: Any, k: int = 8, title: str | None = None) -> dict:
+    """A scroll-snap carousel of similar products (override visual_search/carousel.html);
+    the title defaults to "Similar items" in the page's language."""
     items = [
         {"result": result, "product": result.product, "image_url": _image_url(result)}
         for result in _safe_similar(product, k)
     ]
+    title = gettext("Similar items") if title is None else title
     return {"items": items, "title": title, "product": product}
 
 
