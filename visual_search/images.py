@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from django.utils.translation import gettext as _
+from django.utils.translation import gettext
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visual_search.conf import vs_settings
@@ -37,7 +37,7 @@ def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
             size = path.stat().st_size
         except FileNotFoundError as exc:
             raise UnusableImage(
-                _("Image file not found: %(name)s") % {"name": path}, "not_found"
+                gettext("Image file not found: %(name)s") % {"name": path}, "not_found"
             ) from exc
         if size > limit:
             raise UnusableImage(_too_large(size, limit), "too_large")
@@ -50,12 +50,12 @@ def read_bytes(source: Any, max_bytes: int | None = None) -> bytes:
             # errors (a storage that does not answer) propagate, and the task tries again.
             name = getattr(source, "name", None) or type(source).__name__
             raise UnusableImage(
-                _("Image file not found: %(name)s") % {"name": name}, "not_found"
+                gettext("Image file not found: %(name)s") % {"name": name}, "not_found"
             ) from exc
     if len(data) > limit:
         raise UnusableImage(_too_large(len(data), limit), "too_large")
     if not data:
-        raise UnusableImage(_("The image file is empty (0 bytes)."), "empty")
+        raise UnusableImage(gettext("The image file is empty (0 bytes)."), "empty")
     return data
 
 
@@ -64,7 +64,8 @@ def _read_file(source: Any, limit: int) -> bytes:
     # included: even the hasattr below can raise FileNotFoundError.
     if not hasattr(source, "read"):
         raise UnusableImage(
-            _("Cannot read an image from %(type)s") % {"type": type(source).__name__}, "unreadable"
+            gettext("Cannot read an image from %(type)s") % {"type": type(source).__name__},
+            "unreadable",
         )
     if hasattr(source, "open") and getattr(source, "closed", False):
         source.open("rb")
@@ -74,7 +75,7 @@ def _read_file(source: Any, limit: int) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return _("The image is too large: %(size)d bytes, the limit is %(limit)d bytes.") % {
+    return gettext("The image is too large: %(size)d bytes, the limit is %(limit)d bytes.") % {
         "size": size,
         "limit": limit,
     }
@@ -82,7 +83,7 @@ def _too_large(size: int, limit: int) -> str:
 
 def _corrupt(exc: Exception) -> UnusableImage:
     return UnusableImage(
-        _("The image is corrupt or truncated: %(error)s") % {"error": exc}, "corrupt"
+        gettext("The image is corrupt or truncated: %(error)s") % {"error": exc}, "corrupt"
     )
 
 
@@ -121,12 +122,13 @@ def _decode(data: bytes) -> tuple[Image.Image, float]:
             image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnusableImage(
-            _("The image has too many pixels (decompression bomb): %(error)s") % {"error": exc},
+            gettext("The image has too many pixels (decompression bomb): %(error)s")
+            % {"error": exc},
             "decompression_bomb",
         ) from exc
     except UnidentifiedImageError as exc:
         raise UnusableImage(
-            _("The file is not an image in an accepted format (%(formats)s).")
+            gettext("The file is not an image in an accepted format (%(formats)s).")
             % {"formats": ", ".join(formats)},
             "not_an_image",
         ) from exc
@@ -179,14 +181,14 @@ def _scaled_box(box: Box, size: tuple[int, int], scale: float) -> tuple[int, int
         left, top, right, bottom = (float(v) * scale for v in box)
     except (TypeError, ValueError) as exc:
         raise UnusableImage(
-            _("The crop box must be four numbers: left, top, right, bottom."), "bad_box"
+            gettext("The crop box must be four numbers: left, top, right, bottom."), "bad_box"
         ) from exc
     width, height = size
     left, top = max(0.0, left), max(0.0, top)
     right, bottom = min(float(width), right), min(float(height), bottom)
     if right - left < 1 or bottom - top < 1:
         raise UnusableImage(
-            _("The crop box %(box)s is empty or outside the image (%(width)dx%(height)d px).")
+            gettext("The crop box %(box)s is empty or outside the image (%(width)dx%(height)d px).")
             % {"box": tuple(box), "width": width, "height": height},
             "bad_box",
         )
