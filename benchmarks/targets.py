@@ -64,8 +64,7 @@ def _studio_row(results: list[dict[str, Any]], learned_from: str) -> dict[str, A
     return None
 
 
-def _at_least(name: str, goal: float, value: float | None, queries: Any = None) -> Target:
-    queries = queries if isinstance(queries, int) else None
+def _at_least(name: str, goal: float, value: float | None, queries: int | None = None) -> Target:
     return Target(
         name, f">= {goal:.2f}", value, None if value is None else value >= goal, queries=queries
     )
