@@ -20,6 +20,7 @@ images, never from the queries. Gallery variants:
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import common
@@ -101,22 +102,29 @@ def fine_tuning_rows(
             if args.fine_tuned_weights
             else [FineTuneConfig.fine_tuned_weight]
         )
-        for margin in [float(m) for m in margins]:
+        rates = (
+            [float(r) for r in args.earlier_stage_rates.split(",")]
+            if args.earlier_stage_rates
+            else [FineTuneConfig.earlier_stage_rate]
+        )
+        for margin, rate in itertools.product([float(m) for m in margins], rates):
             tuner.config = FineTuneConfig(
                 epochs=args.epochs,
                 trained_stages=stages,
                 learning_rate=args.learning_rate or FineTuneConfig.learning_rate,
+                earlier_stage_rate=rate,
                 scale=args.scale or FineTuneConfig.scale,
                 margin=margin,
             )
             started = time.monotonic()
             details = tuner.train()
             fit_s = features_s + time.monotonic() - started
-            print(f"fine-tuned {stages} stages, margin {margin}: {details}, {fit_s:.0f} s in all")
+            label = f"fine-tune {stages} stages, margin {margin}, earlier stage rate {rate}"
+            print(f"{label}: {details}, {fit_s:.0f} s in all")
             rows += evaluate_tuner(
                 args,
                 tuner,
-                f"fine-tune {stages} stages, margin {margin}, {args.epochs} epochs",
+                f"{label}, {args.epochs} epochs",
                 fit_s,
                 (gallery_labels, query_features, query_labels, studio_labels, folds),
                 weights,
@@ -225,6 +233,12 @@ def main() -> None:
         "--margins",
         default=None,
         help="fine-tuning: comma list of CosFace margins (default: the app's)",
+    )
+    parser.add_argument(
+        "--earlier-stage-rates",
+        default=None,
+        help="fine-tuning: comma list of the earlier trained stages' shares of the learning "
+        "rate (layer-wise decay; default: the app's)",
     )
     parser.add_argument(
         "--folds", action="store_true", help="fine-tune per fold for the other-products rows"

@@ -573,6 +573,35 @@ def test_the_model_kept_is_the_trained_tail_blended_with_the_pretrained_one():
     torch.testing.assert_close(model.state_dict()[name], pretrained)
 
 
+def test_each_earlier_trained_stage_learns_at_its_share_of_the_next_ones_rate():
+    """Layer-wise decay: every tail parameter in exactly one group, the rates decaying towards
+    the trunk; at a share of 0 the earlier stage keeps its pretrained weights."""
+    import timm
+    import torch
+    from PIL import Image
+
+    from visual_search.fine_tuning import FineTuneConfig, FineTuner, _parts, _rate_groups
+
+    config = FineTuneConfig(trained_stages=3, learning_rate=1e-3, earlier_stage_rate=0.3)
+    _, tail = _parts(timm.create_model("tf_efficientnet_lite0", pretrained=False), 3)
+    groups = _rate_groups(tail, config)
+    assert [group["lr"] for group in groups] == pytest.approx([9e-5, 3e-4, 1e-3])
+    grouped = [id(parameter) for group in groups for parameter in group["params"]]
+    assert sorted(grouped) == sorted(id(parameter) for parameter in tail.parameters())
+    assert {id(p) for p in tail[0].parameters()} == {id(p) for p in groups[0]["params"]}
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    earlier, last = model.blocks[5][0].conv_pw.weight, model.conv_head.weight
+    before = earlier.detach().clone(), last.detach().clone()
+    tuner = FineTuner(model, FineTuneConfig(epochs=1, augmented_views=0, earlier_stage_rate=0))
+    tuner.add(images, ["a", "a", "a", "b", "b", "b"])
+    tuner.train()
+    assert torch.equal(earlier.detach(), before[0])
+    assert not torch.equal(last.detach(), before[1])
+
+
 def test_training_folds_each_frozen_batch_norm_into_its_convolution_exactly():
     """The folding is a speed-up only: the tail computes the same vectors and gradients with
     it, for batch norms that are not the identity, and is left as it was afterwards."""
