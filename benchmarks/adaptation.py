@@ -96,18 +96,10 @@ def fine_tuning_rows(
             done += len(batch)
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
         features_s = time.monotonic() - started
-        margins = args.margins.split(",") if args.margins else [FineTuneConfig.margin]
-        weights = (
-            [float(w) for w in args.fine_tuned_weights.split(",")]
-            if args.fine_tuned_weights
-            else [FineTuneConfig.fine_tuned_weight]
-        )
-        rates = (
-            [float(r) for r in args.earlier_stage_rates.split(",")]
-            if args.earlier_stage_rates
-            else [FineTuneConfig.earlier_stage_rate]
-        )
-        for margin, rate in itertools.product([float(m) for m in margins], rates):
+        margins = _floats(args.margins, FineTuneConfig.margin)
+        weights = _floats(args.fine_tuned_weights, FineTuneConfig.fine_tuned_weight)
+        rates = _floats(args.earlier_stage_rates, FineTuneConfig.earlier_stage_rate)
+        for margin, rate in itertools.product(margins, rates):
             tuner.config = FineTuneConfig(
                 epochs=args.epochs,
                 trained_stages=stages,
@@ -130,6 +122,11 @@ def fine_tuning_rows(
                 weights,
             )
     return rows
+
+
+def _floats(listed: str | None, default: float) -> list[float]:
+    """A comma list option's values, or the app's default when it is not given."""
+    return [float(value) for value in listed.split(",")] if listed else [default]
 
 
 def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
