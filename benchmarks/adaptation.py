@@ -99,7 +99,11 @@ def fine_tuning_rows(
         margins = _floats(args.margins, FineTuneConfig.margin)
         weights = _floats(args.fine_tuned_weights, FineTuneConfig.fine_tuned_weight)
         rates = _floats(args.earlier_stage_rates, FineTuneConfig.earlier_stage_rate)
-        for margin, rate in itertools.product(margins, rates):
+        drop_paths = _floats(args.drop_paths, FineTuneConfig.drop_path)
+        dropouts = _floats(args.dropouts, FineTuneConfig.dropout)
+        for margin, rate, drop_path, dropout in itertools.product(
+            margins, rates, drop_paths, dropouts
+        ):
             tuner.config = FineTuneConfig(
                 epochs=args.epochs,
                 trained_stages=stages,
@@ -107,11 +111,16 @@ def fine_tuning_rows(
                 earlier_stage_rate=rate,
                 scale=args.scale or FineTuneConfig.scale,
                 margin=margin,
+                drop_path=drop_path,
+                dropout=dropout,
             )
             started = time.monotonic()
             details = tuner.train()
             fit_s = features_s + time.monotonic() - started
-            label = f"fine-tune {stages} stages, margin {margin}, earlier stage rate {rate}"
+            label = (
+                f"fine-tune {stages} stages, margin {margin}, earlier stage rate {rate}, "
+                f"drop path {drop_path}, dropout {dropout}"
+            )
             print(f"{label}: {details}, {fit_s:.0f} s in all")
             rows += evaluate_tuner(
                 args,
@@ -236,6 +245,16 @@ def main() -> None:
         default=None,
         help="fine-tuning: comma list of the earlier trained stages' shares of the learning "
         "rate (layer-wise decay; default: the app's)",
+    )
+    parser.add_argument(
+        "--drop-paths",
+        default=None,
+        help="fine-tuning: comma list of stochastic-depth rates (default: the app's)",
+    )
+    parser.add_argument(
+        "--dropouts",
+        default=None,
+        help="fine-tuning: comma list of embedding dropout shares (default: the app's)",
     )
     parser.add_argument(
         "--folds", action="store_true", help="fine-tune per fold for the other-products rows"

@@ -24,18 +24,37 @@ NAMES = ["Banana", "Kiwi", "Lemon", "Arla-Standard-Milk", "Granny-Smith", "Carro
          "Pink-Lady", "Red-Delicious", "Yellow-Onion", "Golden-Delicious", "Royal-Gala",
          "Arla-Medium-Fat-Milk", "Garant-Ecological-Standard-Milk", "Lime", "Orange", "Mango",
          "Cucumber", "Zucchini", "Floury-Potato", "Nectarine"]  # fmt: skip
+# Cartons that ImageNet features confuse (held-out R@1 0.50 before fine-tuning, 0.81 after):
+# a catalogue whose adaptation passes its check by 5 of 16 images, not by one.
+LOOK_ALIKES = ["Bravo-Apple-Juice", "Bravo-Orange-Juice", "God-Morgon-Apple-Juice",
+               "God-Morgon-Orange-Juice", "Tropicana-Apple-Juice", "Tropicana-Golden-Grapefruit",
+               "Arla-Ecological-Medium-Fat-Milk", "Arla-Lactose-Medium-Fat-Milk",
+               "Arla-Medium-Fat-Milk", "Arla-Standard-Milk", "Garant-Ecological-Medium-Fat-Milk",
+               "Garant-Ecological-Standard-Milk", "Oatly-Natural-Oatghurt", "Oatly-Oat-Milk",
+               "Arla-Sour-Cream", "Alpro-Blueberry-Soyghurt", "Alpro-Vanilla-Soyghurt",
+               "Arla-Mild-Vanilla-Yoghurt", "Yoggi-Strawberry-Yoghurt",
+               "Yoggi-Vanilla-Yoghurt"]  # fmt: skip
 
 
-@pytest.fixture
-def labelled_catalogue(make_product, photos):
+def catalogue_of(names, make_product, photos):
     """Products with several in-store photos each, spread over their photo sequences."""
     made = {}
-    for name in NAMES:
+    for name in names:
         shots = photos("train", name)
         spread = shots[len(shots) // 6 :: max(1, len(shots) // 6)][:5]
         made[name] = make_product(name, shots[0], gallery=spread)
     services.embed_many([p.pk for p in made.values()])
     return made
+
+
+@pytest.fixture
+def labelled_catalogue(make_product, photos):
+    return catalogue_of(NAMES, make_product, photos)
+
+
+@pytest.fixture
+def look_alike_catalogue(make_product, photos):
+    return catalogue_of(LOOK_ALIKES, make_product, photos)
 
 
 @contextlib.contextmanager
@@ -353,7 +372,7 @@ def test_too_few_labelled_images_is_a_clear_error(make_product, photos):
 
 @pytest.mark.django_db(transaction=True)
 def test_admin_button_adapts_in_a_worker(
-    client, celery_worker, labelled_catalogue, django_user_model
+    client, celery_worker, look_alike_catalogue, django_user_model
 ):
     from django.contrib.auth.models import Permission
     from django.utils.html import escape
@@ -725,3 +744,61 @@ def test_the_crops_drawn_while_the_trunk_runs_are_the_same_for_the_same_seed():
     assert not torch.equal(views[1], views[2])  # two crops of each image, not one twice
     last = first.trunk_features(images[-1:])  # the last image of the second trunk batch
     torch.testing.assert_close(views[0][-1:], last)
+
+
+def test_stochastic_depth_and_dropout_act_only_while_training_and_reproducibly():
+    """Deeper residual blocks skip their branch more often, only in training mode and only
+    inside the training; a training with them is reproducible from its seed and differs from
+    one without them; the embedding's dropout zeroes about its share of the channels."""
+    import timm
+    import torch
+    from PIL import Image
+
+    from visual_search.fine_tuning import (
+        FineTuneConfig,
+        FineTuner,
+        _pool,
+        _stochastic_depth,
+    )
+
+    tuner = FineTuner(
+        timm.create_model("tf_efficientnet_lite0", pretrained=False), FineTuneConfig()
+    )
+    tail = tuner.tail.eval()
+    features = torch.randn(4, tail[0][0].conv_pw.in_channels, 7, 7)
+    originals = [block.drop_path for block in tail[0]]
+    plain = _pool(tail, features)
+    with _stochastic_depth(tail, 0.4, torch.Generator().manual_seed(0)):
+        rates = [getattr(block.drop_path, "drop", None) for block in tail[0]]
+        assert torch.allclose(_pool(tail, features), plain)  # eval mode: no change
+        tuner._train_mode()  # batch norms stay frozen
+        assert not torch.allclose(_pool(tail, features), plain)
+        tail.eval()
+    assert rates == [None, pytest.approx(0.2), pytest.approx(0.3), pytest.approx(0.4)]
+    assert all(a is b for a, b in zip(originals, [b.drop_path for b in tail[0]], strict=True))
+    assert torch.allclose(_pool(tail, features), plain)
+
+    dropped = _pool(tail, features, 0.5, torch.Generator().manual_seed(0))
+    share = ((dropped == 0) & (plain != 0)).sum() / (plain != 0).sum()
+    assert 0.4 < share < 0.6
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
+
+    def trained(**regularisers: float) -> list:
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        tuner = FineTuner(model, FineTuneConfig(epochs=1, augmented_views=0, **regularisers))
+        tuner.add(images, ["a", "a", "a", "b", "b", "b"])
+        tuner.train()
+        return [value.clone() for value in tuner.tail.state_dict().values()]
+
+    torch.manual_seed(1)  # the same pretend-pretrained weights for each model
+    with_them = trained(drop_path=0.3, dropout=0.2)
+    torch.manual_seed(1)
+    again = trained(drop_path=0.3, dropout=0.2)
+    torch.manual_seed(1)
+    without = trained(drop_path=0, dropout=0)
+    assert all(torch.equal(a, b) for a, b in zip(with_them, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(with_them, without, strict=True))
+    with pytest.raises(ValueError, match="drop_path"):
+        FineTuneConfig(drop_path=1.0)
