@@ -83,8 +83,9 @@ class FineTuneConfig:
     # 0.06 without them): the i-th of each trained stage's n residual blocks skips its branch
     # for a share drop_path x i / n of the images (stochastic depth), and a share ``dropout``
     # of the pooled embedding's channels is zeroed per image. Training only; the stored model
-    # is the same network. Together they lifted photo search R@1 by 1-4 queries of 296 and
-    # R@5 by 2-4 in offline runs (docs/benchmarks.md, "Stochastic depth and dropout").
+    # is the same network. Together they lifted photo search R@1 by 1-4 photos of 296 and R@5
+    # by 0-4, offline and through the pipeline, with "not ours" coverage about the same
+    # (docs/benchmarks.md, "Stochastic depth and dropout while training").
     drop_path: float = 0.3
     dropout: float = 0.2
 
