@@ -409,6 +409,16 @@ def test_admin_button_adapts_in_a_worker(
         adapted.name in page and "(active: queries run here)" in page and "held-out images" in page
     )
     assert "Switched on" in page and escape(record.message) in page
+    # The products its check found least often, by name, with what they were taken for.
+    weakest = adapted.report["weakest_products"]
+    catalogue = {str(product) for product in look_alike_catalogue.values()}
+    assert weakest and {row["name"] for row in weakest} <= catalogue
+    assert all(
+        row["found_first"] < row["held_out"] and row["taken_for_name"] in catalogue - {row["name"]}
+        for row in weakest
+    )
+    assert weakest[0]["found_first"] / weakest[0]["held_out"] <= adapted.report["after"]["R@1"]
+    assert escape(f"{weakest[0]['name']} first in {weakest[0]['found_first']} of") in page
     assert 'http-equiv="refresh"' not in page
     client.post(url, {"action": "revert"})
     assert not EmbeddingSpace.objects.filter(is_active=True).exists()
@@ -486,6 +496,35 @@ def test_held_out_images_are_the_last_of_each_product_and_two_stay_to_learn_from
     labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 2)
     held = held_out_mask(labels, 0.2)
     assert held.tolist() == [False] * 8 + [True] * 2 + [False, False, True] + [False, False]
+
+
+def test_the_products_found_least_often_come_first_with_what_they_are_taken_for(make_product):
+    from visual_search.weak_products import describe, weakest_products
+
+    products = {name: make_product(name, None) for name in ("Melon", "Galia", "Kiwi", "Gone")}
+    keys = {name: str(product.pk) for name, product in products.items()}
+    products["Gone"].delete()
+    gallery_labels = np.array(list(keys.values()))
+    gallery = np.eye(len(keys))
+
+    def search(names: list[str]) -> np.ndarray:  # each query nearest the named product
+        return gallery[[list(keys).index(name) for name in names]]
+
+    # Melon's 4 held-out images: 1 found, 2 taken for Galia, 1 for Kiwi; of Kiwi's 2, one is
+    # taken for a product deleted since; Galia's are all found.
+    truth = np.array([keys[n] for n in ["Melon"] * 4 + ["Kiwi"] * 2 + ["Galia"] * 3])
+    queries = search(["Melon", "Galia", "Galia", "Kiwi", "Kiwi", "Gone", "Galia", "Galia", "Galia"])
+    rows = weakest_products(queries, truth, gallery, gallery_labels)
+    assert [(r["name"], r["found_first"], r["held_out"]) for r in rows] == [
+        ("Melon", 1, 4),
+        ("Kiwi", 1, 2),
+    ]
+    assert (rows[0]["taken_for_name"], rows[0]["taken_times"]) == ("Galia", 2)
+    assert rows[1]["taken_for"] == rows[1]["taken_for_name"] == keys["Gone"]  # named by its key
+    assert describe(rows[:1]) == "Melon first in 1 of 4, taken for Galia in 2"
+    assert len(weakest_products(queries, truth, gallery, gallery_labels, most=1)) == 1
+    found = gallery_labels[queries.argmax(1)]
+    assert weakest_products(queries, found, gallery, gallery_labels) == []
 
 
 def test_strangers_are_whole_products_among_those_with_held_out_images():

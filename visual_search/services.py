@@ -46,6 +46,7 @@ from visual_search.queries import (
     nearest_products,
 )
 from visual_search.spaces import current_space_name, ensure_current_space, query_space
+from visual_search.weak_products import describe
 
 logger = logging.getLogger(__name__)
 
@@ -456,6 +457,10 @@ def _evaluation(report: dict[str, Any]) -> str:
             f"products it did not learn found first {before['unlearned_R@1']:.0%} → "
             f"{after['unlearned_R@1']:.0%} with a bonus of {unlearned['bonus']:.2f} "
             f"(learned products {before['learned_R@1']:.0%} → {after['learned_R@1']:.0%})"
+        )
+    if report.get("weakest_products"):
+        parts.append(
+            f"found least often on held-out images: {describe(report['weakest_products'])}"
         )
     return "; ".join(parts)
 
