@@ -1,7 +1,7 @@
 """The products an adapted space finds least often on their own held-out images, and what it
-takes them for: where the shop's photos need attention (more shots, or shots of a new look:
-a product whose packaging or variety changed is found as its look-alike until its gallery
-shows it)."""
+takes them for: where the shop's photos need attention (look-alikes that want more shots, or a
+new packaging or variety: the held-out images are each product's last embedded, so a new look
+that its older photos do not show is found as something else)."""
 
 from __future__ import annotations
 
