@@ -31,13 +31,14 @@ def weakest_products(
         if len(instead) == 0:
             continue
         taken, counts = np.unique(instead, return_counts=True)
+        most_often = int(np.argmax(counts))
         weak.append(
             {
                 "product": str(product),
                 "held_out": int(mine.sum()),
                 "found_first": int(mine.sum()) - len(instead),
-                "taken_for": str(taken[counts.argmax()]),
-                "taken_times": int(counts.max()),
+                "taken_for": str(taken[most_often]),
+                "taken_times": int(counts[most_often]),
             }
         )
     weak.sort(key=lambda row: (row["found_first"] / row["held_out"], -row["held_out"]))
