@@ -32,11 +32,12 @@ def weakest_products(
             continue
         taken, counts = np.unique(instead, return_counts=True)
         most_often = int(np.argmax(counts))
+        held_out = int(mine.sum())
         weak.append(
             {
                 "product": str(product),
-                "held_out": int(mine.sum()),
-                "found_first": int(mine.sum()) - len(instead),
+                "held_out": held_out,
+                "found_first": held_out - len(instead),
                 "taken_for": str(taken[most_often]),
                 "taken_times": int(counts[most_often]),
             }
