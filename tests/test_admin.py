@@ -153,3 +153,81 @@ def test_non_staff_cannot_reach_the_admin_pages(client, django_user_model):
     response = client.get(reverse("admin:visual_search_productembedding_status"))
     assert response.status_code == 302 and "/login/" in response["Location"]
     assert ProductEmbedding.objects.count() == 0
+
+
+@pytest.fixture
+def spaces(db):
+    """The current encoder's space (6 products), an active space adapted from it, an inactive
+    one, and a space of another encoder, each with the same 6 rows."""
+    from tests.conftest import synthetic_catalogue
+    from visual_search.models import EmbeddingSpace
+
+    base, _, _, _, _ = synthetic_catalogue(6, 2, 8)
+    report = {
+        "method": "finetune",
+        "held_out_images": 65,
+        "before": {"R@1": 0.785, "R@5": 0.985},
+        "after": {"R@1": 0.877, "R@5": 0.99},
+    }
+    made = {
+        "base": base,
+        "active": EmbeddingSpace.objects.create(
+            name=f"{base.name}+ft-a", base=base, dimension=8, is_active=True, report=report
+        ),
+        "old": EmbeddingSpace.objects.create(name=f"{base.name}+ft-b", base=base, dimension=8),
+        "other": EmbeddingSpace.objects.create(name="another/encoder", dimension=8),
+    }
+    rows = list(ProductEmbedding.objects.filter(space=base))
+    for space in list(made.values())[1:]:
+        for row in rows:
+            row.pk, row.space = None, space
+        ProductEmbedding.objects.bulk_create(rows)
+    return made
+
+
+def space_url(view: str, space=None) -> str:
+    return reverse(f"admin:visual_search_embeddingspace_{view}", args=[space.pk] if space else [])
+
+
+def test_space_admin_shows_what_each_space_is_for_and_edits_nothing(client, spaces, staff):
+    client.force_login(staff("boss", reindex=True, superuser=True))
+    listed = client.get(space_url("changelist")).content.decode()
+    for role in (
+        "current encoder",
+        "adapted; searches run here",
+        "adapted; not in use (switch on the index status page)",
+        "another encoder; not in use",
+    ):
+        assert role in listed
+    active = spaces["active"]
+    page = client.get(space_url("change", active)).content.decode()
+    assert "0.785 / 0.985 → 0.877 / 0.990 (finetune, 65 held-out images)" in page
+    assert 'name="is_active"' not in page and 'name="report"' not in page
+    # Switching goes through the status page (one transaction, every process follows).
+    response = client.post(space_url("change", active), {"is_active": "", "report": "{}"})
+    assert response.status_code == 403
+    active.refresh_from_db()
+    assert active.is_active and active.report["after"]["R@1"] == 0.877
+
+
+def test_space_admin_deletes_only_the_spaces_no_search_reads(client, spaces, staff):
+    from visual_search.models import EmbeddingSpace
+
+    client.force_login(staff("boss", reindex=True, superuser=True))
+    for in_use in (spaces["base"], spaces["active"]):
+        assert client.get(space_url("delete", in_use)).status_code == 403
+    chosen = {
+        "action": "delete_selected",
+        "_selected_action": [spaces["active"].pk, spaces["old"].pk],
+    }
+    refused = client.post(space_url("changelist"), chosen).content.decode()
+    assert "permission to delete the following" in refused
+    assert client.post(space_url("changelist"), {**chosen, "post": "yes"}).status_code == 403
+    assert EmbeddingSpace.objects.count() == 4
+    # The confirmation counts the rows rather than listing each of them.
+    confirm = client.get(space_url("delete", spaces["old"])).content.decode()
+    assert "Product embeddings: 6" in confirm and "main [ready]" not in confirm
+    client.post(space_url("delete", spaces["old"]), {"post": "yes"})
+    assert not EmbeddingSpace.objects.filter(pk=spaces["old"].pk).exists()
+    assert not ProductEmbedding.objects.filter(space_id=spaces["old"].pk).exists()
+    assert ProductEmbedding.objects.filter(space=spaces["active"]).count() == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -219,13 +220,88 @@ class AdaptationRunAdmin(admin.ModelAdmin):
         return run.latest[:160]
 
 
+def _spaces_in_use() -> set[str]:
+    """The current encoder's space and the one photo searches run in (its active adapted
+    space, if any): the spaces whose rows searches read."""
+    used = services.query_space()
+    return {services.current_space_name(), *([used.name] if used else [])}
+
+
 @admin.register(EmbeddingSpace)
 class EmbeddingSpaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "dimension", "created_at", "index_health"]
-    readonly_fields = ["name", "dimension", "encoder", "created_at"]
+    """Spaces are read here, and those no search uses deleted. The encoder and the adaptation
+    make them, and the status page switches them (``adaptation.switch``: one transaction that
+    every process follows). An "active" box or a report edited here would bypass that, and
+    could leave a calibration that no search can read."""
+
+    list_display = ["name", "role", "dimension", "created_at", "index_health"]
+    readonly_fields = fields = (
+        "name",
+        "role",
+        "base",
+        "dimension",
+        "created_at",
+        "evaluation",
+        "encoder_settings",
+        "full_report",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.name in _spaces_in_use():
+            return False  # searches read its rows: switch, or change the encoder, first
+        return super().has_delete_permission(request, obj)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple:
+        """Counts instead of Django's list of every row the deletion takes: a space holds one
+        row per catalogue image (a million at scale), which the confirmation page would list.
+        A base space takes the spaces adapted from it along."""
+        chosen = [space.pk for space in objs]
+        spaces = list(
+            EmbeddingSpace.objects.filter(models.Q(pk__in=chosen) | models.Q(base__in=chosen))
+        )
+        rows = ProductEmbedding.objects.filter(space__in=spaces).count()
+        refused = {
+            str(self.opts.verbose_name)
+            for space in spaces
+            if not self.has_delete_permission(request, space)
+        }
+        counts = {
+            str(self.opts.verbose_name_plural): len(spaces),
+            str(ProductEmbedding._meta.verbose_name_plural): rows,
+        }
+        return [str(space) for space in spaces], counts, refused, []
+
+    @admin.display(description=gettext_lazy("role"))
+    def role(self, obj: EmbeddingSpace) -> str:
+        used = services.query_space()
+        searched = used is not None and used.pk == obj.pk
+        if obj.name == services.current_space_name():
+            if searched:
+                return gettext("current encoder; searches run here")
+            return gettext("current encoder")
+        if searched:
+            return gettext("adapted; searches run here")
+        if obj.base_id is not None:
+            return gettext("adapted; not in use (switch on the index status page)")
+        return gettext("another encoder; not in use")
+
+    @admin.display(description=gettext_lazy("evaluation"))
+    def evaluation(self, obj: EmbeddingSpace) -> str:
+        return services.describe_evaluation(obj.report) or "-"
+
+    @admin.display(description=gettext_lazy("encoder configuration"))
+    def encoder_settings(self, obj: EmbeddingSpace) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.encoder, indent=2, sort_keys=True))
+
+    @admin.display(description=gettext_lazy("evaluation report"))
+    def full_report(self, obj: EmbeddingSpace) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.report, indent=2, sort_keys=True))
 
     @admin.display(description=gettext_lazy("HNSW index"))
     def index_health(self, obj: EmbeddingSpace) -> str:

@@ -426,8 +426,9 @@ def status_counts() -> dict[str, dict[str, int]]:
     return counts
 
 
-def _evaluation(report: dict[str, Any]) -> str:
-    """The adaptation's check, and what the space's calibrated confidence can answer."""
+def describe_evaluation(report: dict[str, Any]) -> str:
+    """A space's report in a line: the adaptation's check, and what its calibrated confidence
+    can answer (the status page and the space's admin page show it)."""
     parts = []
     if report.get("before"):
         before, after = report["before"], report["after"]
@@ -516,7 +517,7 @@ def status_report() -> dict[str, Any]:
                 "current": name == current,
                 "active": bool(space and space.is_active),
                 "derived_from": space.base_id if space else None,
-                "evaluation": _evaluation(space.report if space else {}),
+                "evaluation": describe_evaluation(space.report if space else {}),
                 "added_since_adaptation": added_since_adaptation(space) if space else None,
                 "dimension": space.dimension if space else None,
                 "counts": by_status,
@@ -547,6 +548,7 @@ __all__ = [
     "ProductNotEmbedded",
     "SearchResult",
     "added_since_adaptation",
+    "describe_evaluation",
     "embed_many",
     "images_pending",
     "embed_product",
