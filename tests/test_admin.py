@@ -231,3 +231,23 @@ def test_space_admin_deletes_only_the_spaces_no_search_reads(client, spaces, sta
     assert not EmbeddingSpace.objects.filter(pk=spaces["old"].pk).exists()
     assert not ProductEmbedding.objects.filter(space_id=spaces["old"].pk).exists()
     assert ProductEmbedding.objects.filter(space=spaces["active"]).count() == 6
+
+
+def test_a_live_adaptation_run_cannot_be_deleted(client, staff):
+    from visual_search.models import AdaptationRun, AdaptationState
+
+    client.force_login(staff("boss", reindex=True, superuser=True))
+    running = AdaptationRun.objects.create(method="finetune", state=AdaptationState.RUNNING)
+    done = AdaptationRun.objects.create(method="finetune", state=AdaptationState.SWITCHED)
+    stalled = AdaptationRun.objects.create(method="finetune", state=AdaptationState.RUNNING)
+    AdaptationRun.objects.filter(pk=stalled.pk).update(
+        updated_at=timezone.now() - timedelta(hours=2)
+    )
+
+    def delete(run):
+        url = reverse("admin:visual_search_adaptationrun_delete", args=[run.pk])
+        return client.post(url, {"post": "yes"}).status_code
+
+    assert delete(running) == 403
+    assert delete(done) == 302 and delete(stalled) == 302
+    assert list(AdaptationRun.objects.values_list("pk", flat=True)) == [running.pk]

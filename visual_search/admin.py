@@ -215,6 +215,11 @@ class AdaptationRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.unfinished and not adaptation_runs.is_stalled(obj):
+            return False  # its worker records progress on this row: deleting it stops nothing
+        return super().has_delete_permission(request, obj)
+
     @admin.display(description=gettext_lazy("progress and outcome"))
     def outcome(self, run: AdaptationRun) -> str:
         return run.latest[:160]
