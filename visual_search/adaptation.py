@@ -41,7 +41,7 @@ from visual_search.exceptions import UnusableImage, VisualSearchError
 from visual_search.models import EmbeddingSpace, EmbeddingStatus, ProductEmbedding, SpaceWeights
 from visual_search.spaces import forget_spaces, get_current_space
 from visual_search.unlearned import fit_bonus
-from visual_search.weak_products import describe, weakest_products
+from visual_search.weak_products import headline, weakest_products
 
 _transforms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 _encoders: dict[str, Encoder] = {}
@@ -312,9 +312,7 @@ def adapt(
             f"{report['coverage_at_90_precision']['after']:.0%} of held-out images"
         )
         if report["weakest_products"]:
-            progress(
-                f"found least often on held-out images: {describe(report['weakest_products'])}"
-            )
+            progress(headline(report["weakest_products"]))
         if "after" in unlearned:
             progress(
                 f"products it did not learn, known by one image: found first "

@@ -46,7 +46,7 @@ from visual_search.queries import (
     nearest_products,
 )
 from visual_search.spaces import current_space_name, ensure_current_space, query_space
-from visual_search.weak_products import describe
+from visual_search.weak_products import headline
 
 logger = logging.getLogger(__name__)
 
@@ -460,9 +460,7 @@ def describe_evaluation(report: dict[str, Any]) -> str:
             f"(learned products {before['learned_R@1']:.0%} → {after['learned_R@1']:.0%})"
         )
     if report.get("weakest_products"):
-        parts.append(
-            f"found least often on held-out images: {describe(report['weakest_products'])}"
-        )
+        parts.append(headline(report["weakest_products"]))
     return "; ".join(parts)
 
 

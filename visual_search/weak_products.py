@@ -69,3 +69,8 @@ def describe(rows: list[dict[str, Any]]) -> str:
         f"taken for {row['taken_for_name']} in {row['taken_times']}"
         for row in rows
     )
+
+
+def headline(rows: list[dict[str, Any]]) -> str:
+    """``describe`` under its label: the command's progress line and the status page's part."""
+    return f"found least often on held-out images: {describe(rows)}"
