@@ -12,9 +12,7 @@ images, never from the queries. Gallery variants:
   searched by their studio image with a model that never saw any image of them;
 - with --folds, also the gallery a shop holds after adapting: each fold's products added later
   with their studio image alone, beside the learned products' studio images and photos (queries
-  of the fold's products, and of the others, in that one gallery). Each of these fold rows
-  comes twice when fine-tuning: the fold's studio images alone, and with their variants as
-  the app stores them for products its model did not learn (visual_search.variants).
+  of the fold's products, and of the others, in that one gallery).
 
     python benchmarks/adaptation.py --data ../shared/data/grocery --gallery train --queries val
     python benchmarks/adaptation.py --data ../shared/data/grocery --gallery train --queries val --finetune --folds
@@ -61,12 +59,6 @@ FOLD_GALLERIES = {
     "mixed, new products": "studio + photos, the fold's products by their studio image only",
     "mixed, learned products": "studio + photos, the fold's products by their studio image "
     "only (queries of the other products)",
-    # As the app stores a product its model did not learn: each image with its variants.
-    "studio only, with variants": "studio only, the fold's studio images with their variants",
-    "mixed, new products, with variants": "studio + photos, the fold's products by their "
-    "studio image and its variants",
-    "mixed, learned products, with variants": "studio + photos, the fold's products by their "
-    "studio image and its variants (queries of the other products)",
 }
 
 
@@ -81,7 +73,6 @@ def fine_tuning_rows(
     from visual_search.encoders import load_timm_model
     from visual_search.fine_tuning import FineTuneConfig, FineTuner
     from visual_search.images import load_image
-    from visual_search.variants import all_variants
 
     encoder_config = vs_settings.ENCODER
 
@@ -104,8 +95,6 @@ def fine_tuning_rows(
             tuner.add(batch, gallery_labels[done : done + len(batch)])
             done += len(batch)
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
-        studio_pictures = [p for b in pictures(gallery_paths[: len(studio_labels)]) for p in b]
-        variant_features = tuner.trunk_features(all_variants(studio_pictures))
         features_s = time.monotonic() - started
         margins = _floats(args.margins, FineTuneConfig.margin)
         weights = _floats(args.fine_tuned_weights, FineTuneConfig.fine_tuned_weight)
@@ -138,14 +127,7 @@ def fine_tuning_rows(
                 tuner,
                 f"{label}, {args.epochs} epochs",
                 fit_s,
-                (
-                    gallery_labels,
-                    query_features,
-                    query_labels,
-                    studio_labels,
-                    folds,
-                    variant_features,
-                ),
+                (gallery_labels, query_features, query_labels, studio_labels, folds),
                 weights,
             )
     return rows
@@ -160,14 +142,10 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
     """The rows of one training, for each blend of its weights with the pretrained ones: the
     whole catalogue, its studio images, whitening on top; with --folds, studio-only search of
     products the model never saw (5 folds, one training each, every blend evaluated)."""
-    import torch
-
     from visual_search.adaptation import learned_whitening
-    from visual_search.variants import VARIANTS
 
-    gallery_labels, query_features, query_labels, studio_labels, folds, variant_features = data
+    gallery_labels, query_features, query_labels, studio_labels, folds = data
     n_studio = len(studio_labels)
-    variant_labels = np.repeat(studio_labels, len(VARIANTS))
     rows = []
     for weight in weights:
         tuner.blend(weight)
@@ -208,23 +186,11 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
                 tuner.blend(weight)
                 g = tuner.added_vectors()
                 q = tuner.embed_features(query_features)
-                mine = np.isin(variant_labels, fold)  # the products this model did not learn
-                v = tuner.embed_features(variant_features[torch.from_numpy(mine)])
                 for key, these, kept in fold_galleries(
                     fold, query_labels, gallery_labels, n_studio
                 ):
                     fold_ranks.setdefault((weight, key), []).append(
                         ranks(q[these], query_labels[these], g[kept], gallery_labels[kept])
-                    )
-                    if suffix != " (other products)":  # the fold's products are learned
-                        continue
-                    fold_ranks.setdefault((weight, f"{key}, with variants"), []).append(
-                        ranks(
-                            q[these],
-                            query_labels[these],
-                            np.concatenate([g[kept], v]),
-                            np.concatenate([gallery_labels[kept], variant_labels[mine]]),
-                        )
                     )
         rows += [
             {

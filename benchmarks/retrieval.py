@@ -17,9 +17,7 @@ from the catalogue's own images and along the whole curve). --new-products 0.2 l
 seeded fifth out until the catalogue has been adapted, then adds them with their studio image
 alone, as a shop adds products: their photos then measure products the adapted model never
 learned, among those it did ("R@1 new" against "R@1 learned"), with the bonus the adaptation
-fitted for them and, side by side, with each of --bonuses (default: none, 0) (unlearned.py),
-each with the new products' images stored as the app stores them (with their variants,
-visual_search.variants) and again without the variants.
+fitted for them and, side by side, with each of --bonuses (default: none, 0) (unlearned.py).
 
     python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic --gallery iconic,train --queries val
     python benchmarks/retrieval.py --data ../shared/data/grocery --gallery iconic,train --queries val --adapt whitening,finetune --holdout-products 0.2
@@ -252,7 +250,6 @@ def main() -> None:
     from shop_demo.catalog.models import ProductImage
     from visual_search import services
     from visual_search.encoders import get_encoder
-    from visual_search.models import ProductEmbedding
 
     classes = read_classes(args.data)
     strangers: set[str] = set()
@@ -350,32 +347,23 @@ def main() -> None:
                 searches += [
                     ("hnsw", float(b)) for b in args.bonuses.split(",") if float(b) != bonus
                 ]
-            # The new products' images as the app stores them (with their variants), and,
-            # side by side, without the variants (visual_search.variants).
-            for with_variants in (True, False) if new and space is not None else (True,):
-                if not with_variants:
-                    dropped, _ = ProductEmbedding.objects.filter(
-                        space=space, variant__gt=0
-                    ).delete()
-                    print(f"the same without the {dropped} variant rows")
-                for mode, override in searches:
-                    with unlearned_bonus(override):
-                        row, records = evaluate(args, queries, by_pk, strangers, mode, new)
-                    if args.per_query:
-                        key = f"{variant} {label} {mode}{'' if with_variants else ' plain'}"
-                        per_query[key if override is None else f"{key} bonus {override}"] = records
-                    row = {
-                        "gallery": variant,
-                        "gallery_images": gallery_size,
-                        "space": label,
-                        "search": mode,
-                        **({"bonus": bonus if override is None else override} if new else {}),
-                        **({"variants": with_variants} if new else {}),
-                        **row,
-                        "adapt_s": round(adapt_s, 1) if adapt_s is not None else None,
-                    }
-                    rows.append(row)
-                    print(common.table([row], list(row)))
+            for mode, override in searches:
+                with unlearned_bonus(override):
+                    row, records = evaluate(args, queries, by_pk, strangers, mode, new)
+                if args.per_query:
+                    key = f"{variant} {label} {mode}"
+                    per_query[key if override is None else f"{key} bonus {override}"] = records
+                row = {
+                    "gallery": variant,
+                    "gallery_images": gallery_size,
+                    "space": label,
+                    "search": mode,
+                    **({"bonus": bonus if override is None else override} if new else {}),
+                    **row,
+                    "adapt_s": round(adapt_s, 1) if adapt_s is not None else None,
+                }
+                rows.append(row)
+                print(common.table([row], list(row)))
             if space is not None:
                 adaptation.switch(None)
 
@@ -388,11 +376,7 @@ def main() -> None:
                 "gallery_images",
                 "space",
                 "search",
-                *(
-                    ["bonus", "variants", "R@1 new", "R@5 new", "R@1 learned", "R@5 learned"]
-                    if new
-                    else []
-                ),
+                *(["bonus", "R@1 new", "R@5 new", "R@1 learned", "R@5 learned"] if new else []),
                 "R@1",
                 "R@5",
                 "R@10",

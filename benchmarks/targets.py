@@ -52,13 +52,11 @@ def _row(results: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return None
 
 
-def _studio_row(
-    results: list[dict[str, Any]], learned_from: str, gallery: str = "studio only"
-) -> dict[str, Any] | None:
+def _studio_row(results: list[dict[str, Any]], learned_from: str) -> dict[str, Any] | None:
     for row in results:
         transform = row.get("transform", "")
         if (
-            row.get("gallery") == gallery
+            row.get("gallery") == "studio only"
             and transform.startswith("fine-tune")
             and transform.endswith(f"({learned_from})")
         ):
@@ -77,13 +75,7 @@ def evaluate(photo: dict, strangers: dict, studio: dict) -> list[Target]:
     adapted = _row(photo["results"], space="finetune", search="hnsw")
     base = _row(photo["results"], space="base", search="hnsw")
     covered = _row(strangers["results"], space="finetune", search="hnsw")
-    # As the app stores the products its model did not learn (their variants), where the run
-    # measured it; runs before the variants only have the plain row.
-    never = _studio_row(
-        studio["results"],
-        "other products",
-        "studio only, the fold's studio images with their variants",
-    ) or _studio_row(studio["results"], "other products")
+    never = _studio_row(studio["results"], "other products")
     own = _studio_row(studio["results"], "same products")
     latency = None
     if adapted and base and adapted.get("p50_ms") and base.get("p50_ms"):

@@ -103,21 +103,6 @@ def best_score(space, encoder, picture, region, product=None):
     return max(float(np.asarray(row.embedding) @ vector) for row in stored)
 
 
-def assert_variants(space, product, path):
-    """The product's one image has its variants' rows in the space (not learned), each the
-    space's model's vector of that variant of the picture."""
-    from visual_search.adaptation import space_encoder
-    from visual_search.images import load_image
-    from visual_search.variants import variant_pictures
-
-    rows = ProductEmbedding.objects.filter(space=space, product_id=product.pk).order_by("variant")
-    assert [(row.variant, row.learned) for row in rows] == [(n, False) for n in range(4)]
-    expected = space_encoder(space).encode(variant_pictures(load_image(path)))
-    stored = np.array([np.asarray(row.embedding) for row in rows[1:]])
-    assert np.all(np.sum(stored * expected, axis=1) > 0.999)
-    assert np.all(stored @ np.asarray(rows[0].embedding) < 0.995)  # not the image itself
-
-
 def run(*args):
     out = io.StringIO()
     call_command("visual_search_adapt", *args, stdout=out)
@@ -149,9 +134,7 @@ def test_adapt_checks_on_held_out_images_then_switches_and_reverts(
     assert set(
         ProductEmbedding.objects.filter(product_id=fresh.pk).values_list("space_id", flat=True)
     ) == {base.name, adapted.name}
-    vector = np.asarray(
-        ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted, variant=0).embedding
-    )
+    vector = np.asarray(ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted).embedding)
     assert vector.shape == (19,) and abs(float(vector @ vector) - 1) < 0.01
     # Reverting is one switch; the adapted space stays for later.
     run("--revert")
@@ -205,16 +188,9 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
         None
     }
     assert (
-        ProductEmbedding.objects.filter(space=adapted, status="ready", variant=0).count()
+        ProductEmbedding.objects.filter(space=adapted, status="ready").count()
         == ProductEmbedding.objects.filter(space=base, status="ready").count()
     )
-    # The single-image product's image is stored with its variants too, encoded by the
-    # fine-tuned model; the products it learned have none. The status counts images.
-    assert_variants(adapted, single, photos("train", "Pineapple")[0])
-    assert not ProductEmbedding.objects.filter(space=adapted, variant__gt=0, learned=True)
-    assert unlearned["variants"] == 3 * report["stranger_products"]
-    counts = services.status_counts()
-    assert counts[adapted.name] == counts[base.name]
     # The fine-tuned model is not the base one: its vectors differ, for the same image.
     kiwi = labelled_catalogue["Kiwi"]
     row = ProductEmbedding.objects.filter(product_id=kiwi.pk, space=adapted).first()
@@ -248,11 +224,10 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     # A product saved now is encoded by both models.
     fresh = make_product("Kiwi too", photos("train", "Kiwi")[-1])
     services.embed_product(fresh)
-    stored = ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted, variant=0)
+    stored = ProductEmbedding.objects.get(product_id=fresh.pk, space=adapted)
     expected = space_encoder(adapted).encode([load_image(photos("train", "Kiwi")[-1])])[0]
     assert float(np.asarray(stored.embedding) @ expected) > 0.999
     assert stored.learned is False
-    assert_variants(adapted, fresh, photos("train", "Kiwi")[-1])
     assert ProductEmbedding.objects.filter(product_id=fresh.pk, space=base, status="ready").exists()
     # ... but not learned by the adapted one: the status page and command say so.
     assert services.added_since_adaptation(adapted) == {"images": 1, "products": 1}
@@ -307,12 +282,11 @@ def test_fine_tuning_stores_the_vectors_it_computed_and_catches_up_with_changes(
     assert any("model to store: epoch 2/2" in line for line in lines)
     assert late and any("2 products changed while learning" in line for line in lines)
     assert not ProductEmbedding.objects.filter(space=space, product_id=gone.pk).exists()
-    stored = ProductEmbedding.objects.get(space=space, product_id=late[0].pk, variant=0)
+    stored = ProductEmbedding.objects.get(space=space, product_id=late[0].pk)
     encoder = space_encoder(space)
     expected = encoder.encode([load_image(photos("val", "Kiwi")[0])])[0]
     assert float(np.asarray(stored.embedding) @ expected) > 0.999
     assert stored.learned is False
-    assert_variants(space, late[0], photos("val", "Kiwi")[0])
     lemon = labelled_catalogue["Lemon"]
     for image in product_images(lemon):
         row = ProductEmbedding.objects.get(space=space, product_id=lemon.pk, image_key=image.key)

@@ -72,17 +72,3 @@ def test_a_figure_the_runs_do_not_hold_is_not_measured():
     targets = by_name(evaluate(*runs(r5=0.99, coverage=None)))
     coverage = targets["in-catalogue photos answered at 90 % precision"]
     assert coverage.met is None and coverage.row()[""] == "not measured"
-
-
-def test_never_learned_products_are_measured_as_the_app_stores_them_with_their_variants():
-    photo, strangers, studio = runs(r5=0.99)
-    fine_tune = "fine-tune 2 stages, margin 0.0, 10 epochs, fine-tuned weight 1.0"
-    studio["results"].append(
-        {
-            "gallery": "studio only, the fold's studio images with their variants",
-            "transform": f"{fine_tune} (other products)",
-            "R@1": 0.39,
-        }
-    )
-    targets = by_name(evaluate(photo, strangers, studio))
-    assert targets["studio image only, products never learned"].measured == 0.39

@@ -65,36 +65,6 @@ def test_the_bonus_stops_where_it_costs_the_learned_products_more_than_the_toler
     assert fitted["curve"][-1]["learned_R@1"] < before["learned_R@1"] - TOLERANCE
 
 
-def test_variants_of_the_strangers_studio_shots_join_the_gallery_of_the_check():
-    """Variants nearer the photos than the studio shot itself (as a mirrored or cropped studio
-    shot can be) find the strangers more often, before any bonus; the report counts them."""
-    vectors = check_vectors(studio_shift=0.4)
-    plain = fit_bonus(**vectors)
-    labels = vectors["stranger_labels"]
-    first = np.unique(labels, return_index=True)[1]
-    near = unit(vectors["strangers"][first + 1] + vectors["strangers"][first])
-    with_variants = fit_bonus(**vectors, variants=near, variant_labels=labels[first])
-    assert with_variants["variants"] == len(first) == 10 and plain["variants"] == 0
-    gained = with_variants["before"]["unlearned_R@1"] - plain["before"]["unlearned_R@1"]
-    assert gained > 0.2
-    assert with_variants["before"]["learned_R@1"] <= plain["before"]["learned_R@1"]
-
-
-def test_variants_are_the_mirror_and_the_centre_crop_of_the_picture():
-    from PIL import Image
-
-    from visual_search.variants import VARIANTS, all_variants, variant_pictures
-
-    picture = Image.new("RGB", (100, 50), "white")
-    picture.putpixel((0, 0), (255, 0, 0))  # top left
-    picture.putpixel((15, 10), (0, 0, 255))  # inside the centre 80 %, near its top left
-    mirrored, centre, centre_mirrored = variant_pictures(picture)
-    assert mirrored.size == (100, 50) and mirrored.getpixel((99, 0)) == (255, 0, 0)
-    assert centre.size == (80, 40) and centre.getpixel((5, 5)) == (0, 0, 255)
-    assert centre_mirrored.size == (80, 40) and centre_mirrored.getpixel((74, 5)) == (0, 0, 255)
-    assert len(all_variants([picture, mirrored])) == 2 * len(VARIANTS)
-
-
 def test_no_bonus_where_the_studio_shot_already_wins_or_nothing_can_be_fitted():
     vectors = check_vectors(studio_shift=0.0)
     fitted = fit_bonus(**vectors)
@@ -172,31 +142,6 @@ def test_a_product_the_model_did_not_learn_is_lifted_by_the_bonus(adapted, setti
     top = nearest_products(space, k=14, vectors=query, queryset=products)
     assert [n.product.pk for n in top] == pks
     assert all(n.score == n.similarity for n in top)
-
-
-@pytest.mark.products
-def test_a_variant_row_scores_its_product_but_is_not_a_query_of_its_similar_items(adapted):
-    """A product the model did not learn (pks[13], at 0.75) gets a variant row as near the
-    query as pks[5] (0.92): photo searches find it by that row; its similar items are found
-    from its image itself (the variant, a query there, would put pks[5] first)."""
-    space, pks, query = adapted
-    pk5 = ProductEmbedding.objects.get(space=space, product_id=pks[5])
-    ProductEmbedding.objects.create(
-        product_id=pks[13],
-        space=space,
-        image_key="main",
-        variant=1,
-        embedding=pk5.embedding,
-        status=EmbeddingStatus.READY,
-        content_hash="derived",
-        learned=False,
-    )
-    products = get_product_model().objects.all()
-    top = nearest_products(space, k=2, vectors=query, queryset=products)
-    assert [n.product.pk for n in top] == [pks[13], pks[0]]  # only the nearest is lifted
-    assert top[0].image_key == "main" and top[0].similarity == pytest.approx(0.92, abs=0.005)
-    similar = nearest_products(space, k=2, of_product=pks[13], queryset=products)
-    assert [n.product.pk for n in similar] == [pks[12], pks[11]]
 
 
 @pytest.mark.products

@@ -34,7 +34,7 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from visual_search import calibration, variants
+from visual_search import calibration
 from visual_search.conf import vs_settings
 from visual_search.encoders import Encoder, build_encoder, get_encoder
 from visual_search.exceptions import UnusableImage, VisualSearchError
@@ -200,10 +200,6 @@ class _Learned:
     stranger_labels: np.ndarray
     # The products (labels) the stored space's model learned: searches lift the others.
     learned_products: np.ndarray
-    # The snapshot rows (their index) of the strangers' vectors.
-    stranger_rows: np.ndarray
-    # The checked model's vectors of pictures, for the strangers' variants.
-    encode: Callable[[Sequence[Image.Image]], np.ndarray]
     details: dict[str, Any]
     refit: Callable[[Callable[[str], None]], None]
     # Stops what is still learning beside the check (a refusal, an error); no-op after refit.
@@ -291,7 +287,6 @@ def adapt(
             learned.held_labels,
             learned.strangers,
             learned.stranger_labels,
-            *_stranger_variants(learned, rows),
         )
         report = {
             "method": method,
@@ -349,7 +344,6 @@ def adapt(
     from visual_search.segments import ensure_segment_indexes, sync_segments
 
     sync_segments(space)
-    _store_variants(space, progress)
     ensure_index(space)
     ensure_segment_indexes(space)
     report["seconds"] = round(time.monotonic() - started, 1)
@@ -367,42 +361,6 @@ def mark_learned(space: EmbeddingSpace, products: np.ndarray) -> None:
     rows, learned = ProductEmbedding.objects.filter(space=space), list(products)
     rows.filter(product_id__in=learned).update(learned=True)
     rows.exclude(product_id__in=learned).update(learned=False)
-
-
-def _stranger_variants(
-    learned: _Learned, rows: list[tuple[Any, ...]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The checked model's vectors of the variants of each stranger's first image, with their
-    labels: in the check, the strangers known by that image stand for the products the stored
-    model does not learn, and those get variants (variants.py)."""
-    vectors = [np.zeros((0, learned.fit.shape[1]), dtype=np.float32)]
-    labels = [np.array([], dtype=str)]
-    if variants.enabled() and len(learned.stranger_rows):
-        first = learned.stranger_rows[np.unique(learned.stranger_labels, return_index=True)[1]]
-        for index, pictures in _pictures(rows, first, skip_unreadable=True):
-            vectors.append(learned.encode(variants.all_variants(pictures)))
-            labels.append(np.repeat([str(rows[i][0]) for i in index], len(variants.VARIANTS)))
-    return np.concatenate(vectors), np.concatenate(labels)
-
-
-def _store_variants(space: EmbeddingSpace, progress: Callable[[str], None]) -> None:
-    """The variants of the images of the products the new space's model did not learn."""
-    from visual_search.pipeline import store_variants
-
-    if not variants.enabled():
-        return
-    rows = list(
-        space.embeddings.filter(learned=False, variant=0, status=EmbeddingStatus.READY).order_by(
-            "product_id", "id"
-        )
-    )
-    keys = [(row.product_id, row.image_key) for row in rows]
-    stored = 0
-    for index, pictures in _pictures(keys, np.arange(len(rows)), skip_unreadable=True):
-        store_variants(space, [rows[i] for i in index], pictures)
-        stored += len(index)
-    if stored:
-        progress(f"stored variants of {stored} images of products it did not learn")
 
 
 def _timed(progress: Callable[[str], None], started: float) -> Callable[[str], None]:
@@ -444,8 +402,6 @@ def _learn_whitening(
         strangers=np.zeros(0),
         stranger_labels=labels[strangers],
         learned_products=several_images(labels),
-        stranger_rows=np.flatnonzero(strangers),
-        encode=lambda pictures: apply(get_encoder().encode(list(pictures)), *transform),
         details={"dims": dims, "shrink": shrink},
         refit=refit,
     )
@@ -544,8 +500,6 @@ def _learn_fine_tuning(
             strangers=tuner.added_vectors(check_strangers),
             stranger_labels=added_labels[check_strangers],
             learned_products=learned_products,
-            stranger_rows=wanted[check_strangers],
-            encode=lambda pictures: tuner.embed_features(tuner.trunk_features(pictures)),
             details={**details, "epochs": epochs, "trained_stages": stages},
             refit=refit,
             encoder={"FINE_TUNED": {"epochs": epochs, "trained_stages": stages}},
@@ -560,17 +514,13 @@ def _learn_fine_tuning(
 
 
 def _pictures(
-    rows: Sequence[tuple[Any, ...]],
-    index: np.ndarray,
-    batch_size: int = 64,
-    *,
-    skip_unreadable: bool = False,
+    rows: list[tuple[Any, ...]], index: np.ndarray, batch_size: int = 64
 ) -> Iterator[tuple[np.ndarray, list[Image.Image]]]:
-    """The pictures of these rows (product pk, image key, ...), in batches (one batch in
-    memory at a time), read from the products' galleries.
+    """The pictures of these rows, in batches (one batch in memory at a time), read from the
+    products' galleries.
 
     Refuses at the first image that is gone or unreadable, before minutes of training on a
-    catalogue that is not the one stored; or leaves it out, where only its variants are lost."""
+    catalogue that is not the one stored."""
     from visual_search.gallery import product_images
     from visual_search.images import load_image, read_bytes
     from visual_search.models_registry import get_product_model
@@ -587,13 +537,11 @@ def _pictures(
             gallery = product_images(product) if product is not None else []
             sources[product_id] = {image.key: image.source for image in gallery}
         source = sources[product_id].get(key)
+        if source is None:
+            raise _unreadable(product_id, key, "it is no longer in the product's gallery")
         try:
-            if source is None:
-                raise UnusableImage("it is no longer in the product's gallery")
             picture = load_image(read_bytes(source))
         except UnusableImage as exc:
-            if skip_unreadable:
-                continue
             raise _unreadable(product_id, key, str(exc)) from exc
         batch.append(i)
         pictures.append(picture)

@@ -31,7 +31,6 @@ from visual_search.models import (
 )
 from visual_search.models_registry import get_product_model
 from visual_search.spaces import get_current_space
-from visual_search.variants import VARIANTS
 
 
 class ProductSearchMixin(ModelAdminMixinBase):
@@ -62,7 +61,6 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
     list_display = [
         "product",
         "image_key",
-        "variant_name",
         "space",
         "status_badge",
         "short_error",
@@ -76,7 +74,6 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
         "product",
         "space",
         "image_key",
-        "variant_name",
         "content_hash",
         "status",
         "learned",
@@ -95,11 +92,6 @@ class ProductEmbeddingAdmin(ProductSearchMixin, admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    @admin.display(description=gettext_lazy("variant"), ordering="variant")
-    def variant_name(self, obj: ProductEmbedding) -> str:
-        """Which variant of the image a row holds (variants.py); blank for the image itself."""
-        return str(VARIANTS[obj.variant - 1]) if obj.variant else ""
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_badge(self, obj: ProductEmbedding) -> str:

@@ -184,13 +184,6 @@ def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
                 "E012",
             )
         )
-    variants = adaptation.get("UNLEARNED_VARIANTS")
-    if not isinstance(variants, bool):
-        errors.append(
-            _error(
-                f"ADAPTATION UNLEARNED_VARIANTS must be True or False, not {variants!r}.", "E012"
-            )
-        )
     return errors
 
 

@@ -99,10 +99,6 @@ DEFAULTS: dict[str, Any] = {
         # not learn (a single image, or added since) so that it can compete with those it
         # learned; None: the bonus the adaptation fitted on its strangers (unlearned.py), 0: none.
         "UNLEARNED_BONUS": None,
-        # Store a few variants (mirrored, centre crop) of each image of a product the adapted
-        # model did not learn, as more vectors of it: such products are found first more often
-        # (variants.py). Three more encodings per such image when it is saved.
-        "UNLEARNED_VARIANTS": True,
     },
     "API": {
         # Dotted path to the serializer of a result's product; None: all the model's fields.

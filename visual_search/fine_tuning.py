@@ -311,18 +311,15 @@ class FineTuner:
         A worker thread draws the next batch's crops while the trunk runs on the current one:
         the transforms are a third of this work and run on one core (docs/benchmarks.md). The
         worker is the only one to draw from torch's random numbers, in the order of the jobs,
-        so the crops are those a single thread would draw. Plain views alone draw none: the
-        check model embeds pictures between trainings (adaptation.py) without changing them."""
+        so the crops are those a single thread would draw."""
         import torch
 
         started = time.monotonic()
-        seeds = [0] * len(jobs)
-        if any(augmented for _, augmented in jobs):
-            seeds = [int(torch.randint(0, 2**31, (1,), generator=self.generator)) for _ in jobs]
+        seeds = [int(torch.randint(0, 2**31, (1,), generator=self.generator)) for _ in jobs]
 
         def batch(job: int, start: int) -> Any:
             images, augmented = jobs[job]
-            if augmented and start == 0:
+            if start == 0:
                 torch.manual_seed(seeds[job])
             transform = self.augmented if augmented else self.plain
             return torch.stack([transform(image) for image in images[start : start + TRUNK_BATCH]])

@@ -164,9 +164,6 @@ class ProductEmbedding(models.Model):
     # several images when it was adapted); None in a space that learns nothing (the base).
     # Photo searches raise the score of the nearest product it did not learn (unlearned.py).
     learned = models.BooleanField(_("learned"), null=True, default=None)
-    # 0: the image as it is. 1..: a variant of it (variants.VARIANTS), stored only in an
-    # adapted space for a product its model did not learn, as more vectors of that image.
-    variant = models.PositiveSmallIntegerField(_("variant"), default=0)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -177,8 +174,7 @@ class ProductEmbedding(models.Model):
         permissions = [("reindex", _("Can reindex products for visual search"))]
         constraints = [
             models.UniqueConstraint(
-                fields=["product", "space", "image_key", "variant"],
-                name="visual_search_unique_image_variant",
+                fields=["product", "space", "image_key"], name="visual_search_unique_image"
             )
         ]
         indexes = [
@@ -193,8 +189,7 @@ class ProductEmbedding(models.Model):
         ]
 
     def __str__(self) -> str:
-        variant = f" (variant {self.variant})" if self.variant else ""
-        return f"{self.product_id} / {self.image_key}{variant} [{self.status}]"
+        return f"{self.product_id} / {self.image_key} [{self.status}]"
 
 
 class Look(models.Model):

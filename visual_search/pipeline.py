@@ -17,8 +17,7 @@ import numpy as np
 from django.db import models, transaction
 from PIL import Image
 
-from visual_search import variants
-from visual_search.adaptation import encode_in, to_space
+from visual_search.adaptation import to_space
 from visual_search.cache import invalidate
 from visual_search.encoders import Encoder, get_encoder
 from visual_search.exceptions import UnusableImage
@@ -31,9 +30,6 @@ from visual_search.segments import segment_of
 from visual_search.spaces import ensure_current_space
 
 logger = logging.getLogger(__name__)
-
-# What an upsert of a row's vector writes over an existing row.
-_VECTOR_FIELDS = ["content_hash", "embedding", "status", "error", "segment", "updated_at"]
 
 
 @dataclass
@@ -179,7 +175,8 @@ def _store_vectors(
         )
         for (item, _), vector in zip(batch, vectors, strict=True)
     ]
-    _upsert(rows, _VECTOR_FIELDS)
+    updated = ["content_hash", "embedding", "status", "error", "segment", "updated_at"]
+    _upsert(rows, updated)
     pictures = [picture for _, picture in batch]
     for derived in space.derived.all():  # adapted spaces stay complete (see adaptation.py)
         # A product its model learned keeps that flag for a new image; another is not learned.
@@ -190,57 +187,24 @@ def _store_vectors(
         )
         _upsert(
             [
-                _derived_row(derived, row, vector, learned=row.product_id in learned)
+                ProductEmbedding(
+                    product_id=row.product_id,
+                    space=derived,
+                    image_key=row.image_key,
+                    content_hash="derived",
+                    embedding=vector,
+                    status=EmbeddingStatus.READY,
+                    error="",
+                    segment=row.segment,
+                    learned=row.product_id in learned,
+                )
                 for row, vector in zip(
                     rows, to_space(derived, np.asarray(vectors), pictures), strict=True
                 )
             ],
-            [*_VECTOR_FIELDS, "learned"],
+            [*updated, "learned"],
         )
-        unlearned = [i for i, row in enumerate(rows) if row.product_id not in learned]
-        store_variants(derived, [rows[i] for i in unlearned], [pictures[i] for i in unlearned])
     invalidate({item.product_pk for item, _ in batch})
-
-
-def _derived_row(
-    space: EmbeddingSpace,
-    row: ProductEmbedding,
-    vector: Any,
-    *,
-    learned: bool,
-    variant: int = 0,
-) -> ProductEmbedding:
-    return ProductEmbedding(
-        product_id=row.product_id,
-        space=space,
-        image_key=row.image_key,
-        content_hash="derived",
-        embedding=vector,
-        status=EmbeddingStatus.READY,
-        error="",
-        segment=row.segment,
-        learned=learned,
-        variant=variant,
-    )
-
-
-def store_variants(
-    space: EmbeddingSpace, rows: Sequence[ProductEmbedding], pictures: Sequence[Image.Image]
-) -> None:
-    """The variants (variants.py) of these images of products ``space``'s model did not learn,
-    as more rows of each image: a product is found by its best row."""
-    if not rows or not variants.enabled():
-        return
-    vectors = encode_in(space, variants.all_variants(pictures))
-    per_image = len(variants.VARIANTS)
-    _upsert(
-        [
-            _derived_row(space, row, vectors[i * per_image + n], learned=False, variant=n + 1)
-            for i, row in enumerate(rows)
-            for n in range(per_image)
-        ],
-        [*_VECTOR_FIELDS, "learned"],
-    )
 
 
 def _record_failure(space: EmbeddingSpace, item: _Work, error: str, report: EmbedReport) -> None:
@@ -248,7 +212,7 @@ def _record_failure(space: EmbeddingSpace, item: _Work, error: str, report: Embe
     report.failed[(item.product_pk, item.image.key)] = error
     with transaction.atomic():
         row, _ = ProductEmbedding.objects.select_for_update().get_or_create(
-            product_id=item.product_pk, space=space, image_key=item.image.key, variant=0
+            product_id=item.product_pk, space=space, image_key=item.image.key
         )
         row.content_hash = item.content_hash
         row.embedding = None
@@ -263,7 +227,7 @@ def _upsert(rows: list[ProductEmbedding], update_fields: list[str]) -> None:
     ProductEmbedding.objects.bulk_create(
         rows,
         update_conflicts=True,
-        unique_fields=["product", "space", "image_key", "variant"],
+        unique_fields=["product", "space", "image_key"],
         update_fields=update_fields,
     )
 

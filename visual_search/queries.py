@@ -91,7 +91,7 @@ def nearest_products(
     if of_product is not None:
         queries = (
             f"SELECT {expression} AS v FROM {TABLE} WHERE {index_predicate(space.name)} "
-            f"AND product_id = %s AND variant = 0 ORDER BY id LIMIT {MAX_QUERY_IMAGES}"
+            f"AND product_id = %s ORDER BY id LIMIT {MAX_QUERY_IMAGES}"
         )
         params.append(of_product)
     elif vectors is not None:

@@ -415,14 +415,9 @@ def reindex(which: str = "missing", *, inline: bool = False, space: str | None =
 
 
 def status_counts() -> dict[str, dict[str, int]]:
-    """Images per space and status, e.g. {"space": {"ready": 80, "failed": 1, "pending": 0}}
-    (an image's variants, variants.py, are not counted)."""
+    """Rows per space and status, e.g. {"space": {"ready": 80, "failed": 1, "pending": 0}}."""
     counts: dict[str, dict[str, int]] = {}
-    rows = (
-        ProductEmbedding.objects.filter(variant=0)
-        .values("space_id", "status")
-        .annotate(n=Count("id"))
-    )
+    rows = ProductEmbedding.objects.values("space_id", "status").annotate(n=Count("id"))
     for space in EmbeddingSpace.objects.values_list("name", flat=True):
         counts[space] = {status: 0 for status in EmbeddingStatus.values}
     for row in rows:

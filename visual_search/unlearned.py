@@ -38,21 +38,16 @@ def fit_bonus(
     held_labels: np.ndarray,
     strangers: np.ndarray,
     stranger_labels: np.ndarray,
-    variants: np.ndarray | None = None,
-    variant_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The bonus, and R@1 along the bonuses tried: the learned products' held-out images and
-    the strangers' other images searched among the fit images and the strangers' first (with
-    its ``variants``, as searches see a product the model did not learn: variants.py)."""
+    the strangers' other images searched among the fit images and the strangers' first."""
     first = np.zeros(len(stranger_labels), dtype=bool)
     products = np.unique(stranger_labels, return_index=True)[1]
     first[products] = True
     if not first.any() or first.all():
         return {"bonus": 0.0, "reason": "no strangers with several images to fit it on"}
-    if variants is None or variant_labels is None:
-        variants, variant_labels = fit[:0], stranger_labels[:0]
-    gallery = np.concatenate([fit, strangers[first], variants])
-    gallery_labels = np.concatenate([fit_labels, stranger_labels[first], variant_labels])
+    gallery = np.concatenate([fit, strangers[first]])
+    gallery_labels = np.concatenate([fit_labels, stranger_labels[first]])
     queries = np.concatenate([held, strangers[~first]])
     query_labels = np.concatenate([held_labels, stranger_labels[~first]])
     unlearned_query = np.arange(len(queries)) >= len(held)
@@ -75,7 +70,6 @@ def fit_bonus(
     return {
         "bonus": best["bonus"],
         "unlearned_products": int(first.sum()),
-        "variants": len(variant_labels),
         "before": {k: v for k, v in curve[0].items() if k != "bonus"},
         "after": {k: v for k, v in best.items() if k != "bonus"},
         "curve": curve,
