@@ -92,6 +92,7 @@ def embed_products(
     encoder = encoder or get_encoder()
     space = ensure_current_space(encoder, with_dimension=True)
     ensure_index(space)
+    derived = list(space.derived.values_list("name", flat=True))
     report = EmbedReport()
     work: list[tuple[_Work, Image.Image]] = []
     for product in _load_products(products_or_pks, report):
@@ -101,6 +102,7 @@ def embed_products(
             row.image_key: row
             for row in ProductEmbedding.objects.filter(product_id=product.pk, space=space)
         }
+        in_every_derived = _ready_in_every_space(product.pk, derived)
         segment = segment_of(product)
         for image in gallery:
             item = _Work(product.pk, image, segment=segment)
@@ -120,6 +122,13 @@ def embed_products(
                 and row.content_hash == item.content_hash
                 and not force
                 and row.status != EmbeddingStatus.PENDING
+                # An image missing from an adapted space (a failure there, or rows older than
+                # the space) is embedded again; an unusable one is not retried.
+                and (
+                    not derived
+                    or row.status == EmbeddingStatus.FAILED
+                    or image.key in in_every_derived
+                )
             ):
                 report.skipped += 1
                 continue
@@ -139,6 +148,20 @@ def embed_products(
         _store_vectors(space, batch, vectors)
         report.embedded += len(batch)
     return report
+
+
+def _ready_in_every_space(product_pk: Any, spaces: list[str]) -> set[str]:
+    """The product's image keys that have a ready row in each of these (adapted) spaces."""
+    if not spaces:
+        return set()
+    counts = (
+        ProductEmbedding.objects.filter(
+            product_id=product_pk, space_id__in=spaces, status=EmbeddingStatus.READY
+        )
+        .values("image_key")
+        .annotate(n=models.Count("space_id"))
+    )
+    return {row["image_key"] for row in counts if row["n"] == len(spaces)}
 
 
 def _load_products(products_or_pks: Iterable[Any], report: EmbedReport) -> list[models.Model]:
@@ -176,8 +199,8 @@ def _store_vectors(
         for (item, _), vector in zip(batch, vectors, strict=True)
     ]
     updated = ["content_hash", "embedding", "status", "error", "segment", "updated_at"]
-    _upsert(rows, updated)
     pictures = [picture for _, picture in batch]
+    derived_rows = []
     for derived in space.derived.all():  # adapted spaces stay complete (see adaptation.py)
         # A product its model learned keeps that flag for a new image; another is not learned.
         learned = set(
@@ -185,25 +208,28 @@ def _store_vectors(
                 space=derived, product_id__in={row.product_id for row in rows}, learned=True
             ).values_list("product_id", flat=True)
         )
-        _upsert(
-            [
-                ProductEmbedding(
-                    product_id=row.product_id,
-                    space=derived,
-                    image_key=row.image_key,
-                    content_hash="derived",
-                    embedding=vector,
-                    status=EmbeddingStatus.READY,
-                    error="",
-                    segment=row.segment,
-                    learned=row.product_id in learned,
-                )
-                for row, vector in zip(
-                    rows, to_space(derived, np.asarray(vectors), pictures), strict=True
-                )
-            ],
-            [*updated, "learned"],
-        )
+        derived_rows += [
+            ProductEmbedding(
+                product_id=row.product_id,
+                space=derived,
+                image_key=row.image_key,
+                content_hash="derived",
+                embedding=vector,
+                status=EmbeddingStatus.READY,
+                error="",
+                segment=row.segment,
+                learned=row.product_id in learned,
+            )
+            for row, vector in zip(
+                rows, to_space(derived, np.asarray(vectors), pictures), strict=True
+            )
+        ]
+    # All or nothing: an image an adapted space could not encode stays pending in the base
+    # space too, so the task's retry redoes it (and a task that gives up marks it failed).
+    with transaction.atomic():
+        _upsert(rows, updated)
+        if derived_rows:
+            _upsert(derived_rows, [*updated, "learned"])
     invalidate({item.product_pk for item, _ in batch})
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import models
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -350,7 +350,8 @@ def schedule_embedding(
 
 
 def products_to_reindex(which: str = "missing", *, space: str | None = None) -> models.QuerySet:
-    """Product keys needing work: "missing" (no row or pending), "failed", "stale" or "all".
+    """Product keys needing work: "missing" (no row, pending, or an image that the active
+    adapted space lacks), "failed", "stale" or "all".
 
     "stale" means products embedded in some other space but not in this one (the encoder
     configuration changed); changed images are caught by their content hash on every save.
@@ -364,10 +365,24 @@ def products_to_reindex(which: str = "missing", *, space: str | None = None) -> 
     def status_in(*statuses: str) -> Q:
         return Q(pk__in=rows.filter(status__in=statuses).values("product_id"))
 
+    # Where searches run, if not here: an image ready here but not there cannot be found.
+    active = EmbeddingSpace.objects.filter(base_id=space_name, is_active=True).values("name")
+    lacking = rows.filter(status=EmbeddingStatus.READY).exclude(
+        Exists(
+            ProductEmbedding.objects.filter(
+                space_id__in=active,
+                product_id=OuterRef("product_id"),
+                image_key=OuterRef("image_key"),
+                status=EmbeddingStatus.READY,
+            )
+        )
+    )
     selections = {
         "all": Q(),
         "failed": status_in(EmbeddingStatus.FAILED),
-        "missing": ~in_space | status_in(EmbeddingStatus.PENDING),
+        "missing": ~in_space
+        | status_in(EmbeddingStatus.PENDING)
+        | Q(pk__in=lacking.filter(Exists(active)).values("product_id")),
         "stale": Q(
             pk__in=ProductEmbedding.objects.exclude(space_id=space_name).values("product_id")
         )

@@ -15,7 +15,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         which = parser.add_mutually_exclusive_group()
         for name, text in (
-            ("missing", "never embedded, or still pending (default)"),
+            (
+                "missing",
+                "never embedded, still pending, or absent from the active adapted space (default)",
+            ),
             ("failed", "with a failed image (tried again)"),
             ("stale", "embedded in another space but not in this one"),
             ("all", "every product, recomputed"),
