@@ -72,3 +72,12 @@ def test_a_figure_the_runs_do_not_hold_is_not_measured():
     targets = by_name(evaluate(*runs(r5=0.99, coverage=None)))
     coverage = targets["in-catalogue photos answered at 90 % precision"]
     assert coverage.met is None and coverage.row()[""] == "not measured"
+
+
+def test_never_learned_products_are_measured_as_the_app_searches_with_the_bonus():
+    photo, strangers, studio = runs(r5=0.99)
+    never = next(r for r in studio["results"] if r["transform"].endswith("(other products)"))
+    never["bonus"] = 0.0
+    studio["results"].append({**never, "bonus": 0.04, "R@1": 0.45})
+    targets = by_name(evaluate(photo, strangers, studio))
+    assert targets["studio image only, products never learned"].measured == 0.45
