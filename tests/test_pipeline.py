@@ -118,40 +118,55 @@ def test_status_counts(make_product, photos):
     assert len(list(services.products_to_reindex("failed"))) == 1
 
 
-def test_an_image_is_stored_in_every_adapted_space_or_stays_pending(make_product, photos):
-    """The base space and its adapted spaces are written together: an image that an adapted
-    space cannot encode is not ready anywhere, so the task's retry redoes it instead of
-    skipping it as unchanged. An image an adapted space lacks is "missing" while that space
-    is the one searched, and embedding the product again restores it."""
+def test_an_image_is_stored_in_the_searched_adapted_space_or_stays_pending(
+    make_product, photos, caplog
+):
+    """The base space and the adapted space that searches run in are written together: an
+    image that space cannot encode is not ready anywhere, so the task's retry redoes it instead
+    of skipping it as unchanged. An image it lacks counts as missing, and embedding the product
+    again restores it. A space no search reads does not hold up the others."""
     from visual_search.exceptions import VisualSearchError
     from visual_search.models import EmbeddingSpace
+
+    def transform(dim: int = 16) -> dict:
+        projection = np.linalg.qr(np.random.default_rng(0).normal(size=(1280, dim)))[0]
+        return {"TRANSFORM": {"mean": [0.0] * 1280, "projection": projection.tolist()}}
 
     kiwi = make_product("Kiwi", photos("train", "Kiwi")[0])
     services.embed_product(kiwi)
     base = EmbeddingSpace.objects.get(name=services.get_encoder().space)
-    # An adapted space whose transform cannot be read yet.
-    adapted = EmbeddingSpace.objects.create(name=f"{base.name}+lw16", base=base, dimension=16)
+    # The adapted space searches run in, whose transform cannot be read yet.
+    adapted = EmbeddingSpace.objects.create(
+        name=f"{base.name}+lw16", base=base, dimension=16, is_active=True
+    )
     lemon = make_product("Lemon", photos("train", "Lemon")[0])
     with pytest.raises(VisualSearchError, match="has no transform"):
         services.embed_product(lemon)
     assert [(row.space_id, row.status) for row in rows(lemon)] == [
         (base.name, EmbeddingStatus.PENDING)
     ]
-    projection = np.linalg.qr(np.random.default_rng(0).normal(size=(1280, 16)))[0]
-    adapted.encoder = {"TRANSFORM": {"mean": [0.0] * 1280, "projection": projection.tolist()}}
+    adapted.encoder = transform()
     adapted.save()
     assert services.embed_product(lemon).embedded == 1  # the retry
     assert {(row.space_id, row.status) for row in rows(lemon)} == {
         (base.name, EmbeddingStatus.READY),
         (adapted.name, EmbeddingStatus.READY),
     }
-    # Kiwi was stored before the adapted space existed: once searches run there, it is missing.
-    assert list(services.products_to_reindex("missing")) == []
-    EmbeddingSpace.objects.filter(pk=adapted.pk).update(is_active=True)
+    # Kiwi was stored before the adapted space existed: searches there cannot find it.
     assert list(services.products_to_reindex("missing")) == [kiwi.pk]
     assert services.reindex("missing", inline=True) == 1
     stored = ProductEmbedding.objects.get(product_id=kiwi.pk, space=adapted)
     assert stored.status == EmbeddingStatus.READY and np.asarray(stored.embedding).shape == (16,)
     assert list(services.products_to_reindex("missing")) == []
-    # Complete everywhere, the product is skipped again.
-    assert services.embed_product(kiwi).skipped == 1
+    assert services.embed_product(kiwi).skipped == 1  # complete everywhere: skipped again
+    # A broken space that no search reads is logged and left behind; it catches up once fixed.
+    idle = EmbeddingSpace.objects.create(name=f"{base.name}+lw8", base=base, dimension=8)
+    banana = make_product("Banana", photos("train", "Banana")[0])
+    assert services.embed_product(banana).embedded == 1
+    assert {row.space_id for row in rows(banana)} == {base.name, adapted.name}
+    assert f"Cannot encode images in the inactive space {idle.name}" in caplog.text
+    assert list(services.products_to_reindex("missing")) == []
+    idle.encoder = transform(8)
+    idle.save()
+    assert services.embed_product(banana).embedded == 1
+    assert {row.space_id for row in rows(banana)} == {base.name, adapted.name, idle.name}

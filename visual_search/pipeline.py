@@ -202,6 +202,15 @@ def _store_vectors(
     pictures = [picture for _, picture in batch]
     derived_rows = []
     for derived in space.derived.all():  # adapted spaces stay complete (see adaptation.py)
+        try:
+            encoded = to_space(derived, np.asarray(vectors), pictures)
+        except Exception:
+            if derived.is_active:
+                raise
+            # A space no search reads does not hold up the catalogue: its missing images are
+            # embedded again on the next save, and count as missing once it is switched on.
+            logger.exception("Cannot encode images in the inactive space %s", derived.name)
+            continue
         # A product its model learned keeps that flag for a new image; another is not learned.
         learned = set(
             ProductEmbedding.objects.filter(
@@ -220,12 +229,10 @@ def _store_vectors(
                 segment=row.segment,
                 learned=row.product_id in learned,
             )
-            for row, vector in zip(
-                rows, to_space(derived, np.asarray(vectors), pictures), strict=True
-            )
+            for row, vector in zip(rows, encoded, strict=True)
         ]
-    # All or nothing: an image an adapted space could not encode stays pending in the base
-    # space too, so the task's retry redoes it (and a task that gives up marks it failed).
+    # All or nothing: an image the active adapted space could not encode stays pending in the
+    # base space too, so the task's retry redoes it (and a task that gives up marks it failed).
     with transaction.atomic():
         _upsert(rows, updated)
         if derived_rows:
