@@ -95,14 +95,15 @@ def embed_products(
     derived = list(space.derived.values_list("name", flat=True))
     report = EmbedReport()
     work: list[tuple[_Work, Image.Image]] = []
-    for product in _load_products(products_or_pks, report):
+    products = _load_products(products_or_pks, report)
+    in_every_derived = _ready_in_every_space([product.pk for product in products], derived)
+    for product in products:
         gallery, removed = sync_gallery_rows(product, space)
         report.removed += removed
         known = {
             row.image_key: row
             for row in ProductEmbedding.objects.filter(product_id=product.pk, space=space)
         }
-        in_every_derived = _ready_in_every_space(product.pk, derived)
         segment = segment_of(product)
         for image in gallery:
             item = _Work(product.pk, image, segment=segment)
@@ -127,7 +128,7 @@ def embed_products(
                 and (
                     not derived
                     or row.status == EmbeddingStatus.FAILED
-                    or image.key in in_every_derived
+                    or (product.pk, image.key) in in_every_derived
                 )
             ):
                 report.skipped += 1
@@ -150,18 +151,19 @@ def embed_products(
     return report
 
 
-def _ready_in_every_space(product_pk: Any, spaces: list[str]) -> set[str]:
-    """The product's image keys that have a ready row in each of these (adapted) spaces."""
-    if not spaces:
+def _ready_in_every_space(product_pks: list[Any], spaces: list[str]) -> set[tuple[Any, str]]:
+    """The (product pk, image key) pairs of these products that have a ready row in each of
+    these (adapted) spaces, in one query for the whole call."""
+    if not spaces or not product_pks:
         return set()
     counts = (
         ProductEmbedding.objects.filter(
-            product_id=product_pk, space_id__in=spaces, status=EmbeddingStatus.READY
+            product_id__in=product_pks, space_id__in=spaces, status=EmbeddingStatus.READY
         )
-        .values("image_key")
+        .values("product_id", "image_key")
         .annotate(n=models.Count("space_id"))
     )
-    return {row["image_key"] for row in counts if row["n"] == len(spaces)}
+    return {(row["product_id"], row["image_key"]) for row in counts if row["n"] == len(spaces)}
 
 
 def _load_products(products_or_pks: Iterable[Any], report: EmbedReport) -> list[models.Model]:
