@@ -86,6 +86,7 @@ def fine_tuning_rows(
     only rows learned from other products). Trunk features are computed once."""
     import torch
 
+    from visual_search.adaptation import main_image_copies
     from visual_search.conf import vs_settings
     from visual_search.encoders import load_timm_model
     from visual_search.fine_tuning import FineTuneConfig, FineTuner
@@ -111,6 +112,11 @@ def fine_tuning_rows(
         for batch in pictures(gallery_paths):
             tuner.add(batch, gallery_labels[done : done + len(batch)])
             done += len(batch)
+        # As the app trains: each product's first image (its studio image) copied a few times.
+        copies = main_image_copies(gallery_labels)
+        for start in range(0, len(copies), 64):
+            index = copies[start : start + 64]
+            tuner.add(next(pictures([gallery_paths[i] for i in index])), gallery_labels[index])
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
         features_s = time.monotonic() - started
         margins = _floats(args.margins, FineTuneConfig.margin)
@@ -144,7 +150,7 @@ def fine_tuning_rows(
                 tuner,
                 f"{label}, {args.epochs} epochs",
                 fit_s,
-                (gallery_labels, query_features, query_labels, studio_labels, folds),
+                (gallery_labels, copies, query_features, query_labels, studio_labels, folds),
                 weights,
             )
     return rows
@@ -162,13 +168,14 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
     from visual_search.adaptation import learned_whitening
     from visual_search.unlearned import BONUSES
 
-    gallery_labels, query_features, query_labels, studio_labels, folds = data
+    gallery_labels, copies, query_features, query_labels, studio_labels, folds = data
     n_studio = len(studio_labels)
+    gallery = np.arange(len(gallery_labels) + len(copies)) < len(gallery_labels)  # no copies
     rows = []
     for weight in weights:
         tuner.blend(weight)
         name = f"{label}, fine-tuned weight {weight}"
-        g = tuner.added_vectors()
+        g = tuner.added_vectors(gallery)
         q = tuner.embed_features(query_features)
         transform = learned_whitening(g, gallery_labels, 80, args.shrink)
         rows += [
@@ -203,10 +210,11 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
         bonuses = (0.0, BONUSES[-1]) if suffix == " (other products)" else (0.0,)
         fold_ranks: dict[tuple, list] = {}
         for fold in folds:
-            tuner.train(selection(fold))
+            chosen = selection(fold)
+            tuner.train(np.concatenate([chosen, chosen[copies]]))
             for weight in weights:
                 tuner.blend(weight)
-                g = tuner.added_vectors()
+                g = tuner.added_vectors(gallery)
                 q = tuner.embed_features(query_features)
                 for key, these, kept in fold_galleries(
                     fold, query_labels, gallery_labels, n_studio

@@ -167,6 +167,9 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     assert report["method"] == "finetune" and report["after"]["R@1"] > report["before"]["R@1"]
     # The single-image product is not a training class (but is encoded like the others).
     assert report["single_image_products"] == 1
+    # Each learned product's main image (6 images: 1 copy) is trained on once more; the
+    # copies are not stored (one adapted row per base row, below).
+    assert report["main_image_copies"] == len(NAMES)
     assert report["products"] + report["stranger_products"] == len(NAMES)
     # The status page says what the confidence was calibrated against.
     strangers = report["calibration"]["strangers"]
@@ -496,6 +499,13 @@ def test_held_out_images_are_the_last_of_each_product_and_two_stay_to_learn_from
     labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 2)
     held = held_out_mask(labels, 0.2)
     assert held.tolist() == [False] * 8 + [True] * 2 + [False, False, True] + [False, False]
+
+
+def test_each_products_first_image_is_copied_once_per_five_images_at_most_six_times():
+    from visual_search.adaptation import main_image_copies
+
+    labels = np.array(["a"] * 12 + ["b"] * 4 + ["single"] + ["d"] * 40)
+    assert main_image_copies(labels).tolist() == [0, 0] + [17] * 6
 
 
 def test_the_products_found_least_often_come_first_with_what_they_are_taken_for(make_product):
