@@ -150,9 +150,7 @@ def main_image_copies(labels: np.ndarray, most: int = 6, every: int = 5) -> np.n
     "The main image trained on more often"). The cap keeps the cost at most a fifth more
     training images, and a product with few images as it was."""
     _, first, counts = np.unique(labels, return_index=True, return_counts=True)
-    repeats = np.minimum(most, counts // every)
-    repeats[counts < 2] = 0  # not learned (several_images)
-    return np.repeat(first, repeats)
+    return np.repeat(first, np.minimum(most, counts // every))
 
 
 def held_out_mask(labels: np.ndarray, share: float) -> np.ndarray:
