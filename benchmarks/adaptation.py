@@ -112,7 +112,8 @@ def fine_tuning_rows(
         for batch in pictures(gallery_paths):
             tuner.add(batch, gallery_labels[done : done + len(batch)])
             done += len(batch)
-        # As the app trains: each product's first image (its studio image) copied a few times.
+        # As the app trains: each product's first image (its studio image) copied a few times,
+        # each epoch as long as without the copies.
         copies = main_image_copies(gallery_labels)
         for start in range(0, len(copies), 64):
             index = copies[start : start + 64]
@@ -138,7 +139,7 @@ def fine_tuning_rows(
                 dropout=dropout,
             )
             started = time.monotonic()
-            details = tuner.train()
+            details = tuner.train(epoch_size=len(gallery_labels))
             fit_s = features_s + time.monotonic() - started
             label = (
                 f"fine-tune {stages} stages, margin {margin}, earlier stage rate {rate}, "
@@ -211,7 +212,7 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
         fold_ranks: dict[tuple, list] = {}
         for fold in folds:
             chosen = selection(fold)
-            tuner.train(np.concatenate([chosen, chosen[copies]]))
+            tuner.train(np.concatenate([chosen, chosen[copies]]), epoch_size=int(chosen.sum()))
             for weight in weights:
                 tuner.blend(weight)
                 g = tuner.added_vectors(gallery)

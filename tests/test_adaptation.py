@@ -158,8 +158,8 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     single = make_product("Pineapple", photos("train", "Pineapple")[0])  # one image only
     services.embed_product(single)
     base = query_space()
-    out = run("--method", "finetune", "--epochs", "3")
-    assert "epoch 3/3" in out and "vectors without reading the images again" in out
+    out = run("--method", "finetune", "--epochs", "6")
+    assert "epoch 6/6" in out and "vectors without reading the images again" in out
     adapted = query_space()
     assert adapted.base_id == base.name and adapted.dimension == base.dimension
     assert SpaceWeights.objects.filter(space=adapted).exists()
@@ -170,6 +170,8 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     # Each learned product's main image (6 images: 1 copy) is trained on once more; the
     # copies are not stored (one adapted row per base row, below).
     assert report["main_image_copies"] == len(NAMES)
+    # An epoch draws as many images as there are without the copies: they cost no time.
+    assert report["epoch_images"] == report["training_images"] - report["products"]
     assert report["products"] + report["stranger_products"] == len(NAMES)
     # The status page says what the confidence was calibrated against.
     strangers = report["calibration"]["strangers"]
@@ -730,6 +732,19 @@ def test_a_model_trained_beside_another_is_the_one_it_would_be_alone():
         torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-7)
     head = "conv_head.weight"  # its own copy of the model, not the calling thread's
     assert not torch.equal(fork.model.state_dict()[head], tuner.model.state_dict()[head])
+
+
+def test_an_epoch_capped_below_the_images_draws_that_many_of_them():
+    tuner, _ = random_tuner(epochs=2)  # 20 images, batches of 8
+    steps: list[None] = []
+    details = tuner.train(between_steps=lambda: steps.append(None), epoch_size=9)
+    assert len(steps) == 2 * 2 and details["epoch_images"] == 9
+    assert details["training_images"] == 20
+    steps.clear()
+    assert (
+        tuner.train(between_steps=lambda: steps.append(None), epoch_size=50)["epoch_images"] == 20
+    )
+    assert len(steps) == 2 * 3
 
 
 def test_a_training_beside_stops_when_cancelled_and_reports_its_errors(two_torch_threads):

@@ -428,10 +428,13 @@ class FineTuner:
         progress: Callable[[str], None] = lambda message: None,
         *,
         between_steps: Callable[[], None] = lambda: None,
+        epoch_size: int | None = None,
     ) -> dict[str, Any]:
         """Train the tail, from its initial weights, on the added images (all, or a boolean
         selection); returns timings and the last epoch's loss. ``between_steps`` runs before
-        each step (``TrainingBeside`` sets the thread count there, or stops the training)."""
+        each step (``TrainingBeside`` sets the thread count there, or stops the training).
+        ``epoch_size`` caps an epoch at that many images drawn without replacement: extra
+        copies of some images then weigh more without lengthening the training."""
         import torch
         import torch.nn.functional as F
 
@@ -457,7 +460,8 @@ class FineTuner:
             {"params": [proxies], "lr": config.learning_rate * 10},
         ]
         optimiser = torch.optim.AdamW(groups, weight_decay=1e-4)
-        steps_per_epoch = -(-len(targets) // config.batch_size)
+        drawn = len(targets) if epoch_size is None else min(epoch_size, len(targets))
+        steps_per_epoch = -(-drawn // config.batch_size)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             optimiser,
             max_lr=[group["lr"] for group in groups],
@@ -471,13 +475,14 @@ class FineTuner:
         ):
             for epoch in range(config.epochs):
                 loss_value = self._epoch(
-                    views, rows, targets, proxies, optimiser, schedule, between_steps
+                    views, rows, targets, drawn, proxies, optimiser, schedule, between_steps
                 )
                 progress(f"epoch {epoch + 1}/{config.epochs}: loss {loss_value:.3f}")
         self._trained_tail = copy.deepcopy(self.tail.state_dict())
         self.blend(config.fine_tuned_weight)
         return {
             "training_images": len(targets),
+            "epoch_images": drawn,
             "products": len(classes),
             "features_s": round(self.features_s, 1),
             "train_s": round(time.monotonic() - started, 1),
@@ -489,18 +494,20 @@ class FineTuner:
         views: list[Any],
         rows: Any,
         targets: Any,
+        drawn: int,
         proxies: Any,
         optimiser: Any,
         schedule: Any,
         between_steps: Callable[[], None],
     ) -> float:
-        """One pass over the images, each in one of its views drawn at random; the mean loss."""
+        """``drawn`` of the images (all: one pass), each in one of its views drawn at random;
+        the mean loss."""
         import torch
         import torch.nn.functional as F
 
         config = self.config
         self._train_mode()
-        order = torch.randperm(len(targets), generator=self.generator)
+        order = torch.randperm(len(targets), generator=self.generator)[:drawn]
         chosen = torch.randint(0, len(views), (len(targets),), generator=self.generator)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
@@ -526,7 +533,7 @@ class FineTuner:
             optimiser.step()
             schedule.step()
             total += loss.item() * len(index)
-        return total / len(targets)
+        return total / len(order)
 
     def blend(self, weight: float) -> None:
         """Set the tail to ``weight`` x the last trained weights + the rest pretrained ones."""
@@ -570,7 +577,12 @@ class TrainingBeside:
     Until ``result`` or ``cancel``, the calling thread runs torch on one thread."""
 
     def __init__(
-        self, tuner: FineTuner, selected: np.ndarray | None, label: str = "model to store"
+        self,
+        tuner: FineTuner,
+        selected: np.ndarray | None,
+        label: str = "model to store",
+        *,
+        epoch_size: int | None = None,
     ) -> None:
         import torch
 
@@ -582,7 +594,10 @@ class TrainingBeside:
         self._label = label
         torch.set_num_threads(1)  # this thread's, and the count a new thread starts with
         self._thread = threading.Thread(
-            target=self._run, args=(tuner, selected), name="visual-search-training", daemon=True
+            target=self._run,
+            args=(tuner, selected, epoch_size),
+            name="visual-search-training",
+            daemon=True,
         )
         self._thread.start()
 
@@ -593,12 +608,13 @@ class TrainingBeside:
 
         return torch.get_num_threads() >= 2
 
-    def _run(self, tuner: FineTuner, selected: np.ndarray | None) -> None:
+    def _run(self, tuner: FineTuner, selected: np.ndarray | None, epoch_size: int | None) -> None:
         try:
             self._outcome = tuner.train(
                 selected,
                 lambda line: self._lines.put(f"{self._label}: {line}"),
                 between_steps=self._between_steps,
+                epoch_size=epoch_size,
             )
         except BaseException as exc:  # raised again in the calling thread, by result()
             self._outcome = exc
