@@ -747,6 +747,17 @@ def test_an_epoch_capped_below_the_images_draws_that_many_of_them():
     assert len(steps) == 2 * 3
 
 
+@pytest.mark.parametrize(
+    ("epochs", "epoch_size", "steps"), [(10, 8, 10), (5, 16, 10), (2, 8, 2), (1, 8, 1)]
+)
+def test_a_training_of_ten_steps_or_fewer_learns_too(epochs, epoch_size, steps):
+    # A small catalogue: 10 epochs of one step each once divided OneCycleLR's warm-up by zero.
+    tuner, _ = random_tuner(epochs=epochs)  # 20 images, batches of 8
+    taken: list[None] = []
+    details = tuner.train(between_steps=lambda: taken.append(None), epoch_size=epoch_size)
+    assert len(taken) == steps and np.isfinite(details["loss"])
+
+
 def test_a_training_beside_stops_when_cancelled_and_reports_its_errors(two_torch_threads):
     import threading
 

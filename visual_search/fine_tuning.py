@@ -461,12 +461,16 @@ class FineTuner:
         ]
         optimiser = torch.optim.AdamW(groups, weight_decay=1e-4)
         drawn = len(targets) if epoch_size is None else min(epoch_size, len(targets))
-        steps_per_epoch = -(-drawn // config.batch_size)
+        total_steps = config.epochs * -(-drawn // config.batch_size)
+        # The rate warms up over the first tenth of the steps. OneCycleLR divides by that
+        # length less one step, so a training of 10 steps or fewer (a catalogue of 64 images
+        # or fewer, at 10 epochs) warms up over one step and a half instead.
+        warm_up = 0.1 if total_steps > 10 else min(0.75, 1.5 / total_steps)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             optimiser,
             max_lr=[group["lr"] for group in groups],
-            total_steps=config.epochs * steps_per_epoch,
-            pct_start=0.1,
+            total_steps=total_steps,
+            pct_start=warm_up,
         )
         loss_value = float("nan")
         with (
