@@ -118,6 +118,14 @@ def fine_tuning_rows(
         for start in range(0, len(copies), 64):
             index = copies[start : start + 64]
             tuner.add(next(pictures([gallery_paths[i] for i in index])), gallery_labels[index])
+        composites = add_fold_composites(
+            tuner,
+            pictures,
+            gallery_paths,
+            gallery_labels,
+            len(studio_labels),
+            folds if args.folds else [],
+        )
         query_features = torch.cat([tuner.trunk_features(b) for b in pictures(query_paths)])
         features_s = time.monotonic() - started
         margins = _floats(args.margins, FineTuneConfig.margin)
@@ -139,7 +147,12 @@ def fine_tuning_rows(
                 dropout=dropout,
             )
             started = time.monotonic()
-            details = tuner.train(epoch_size=len(gallery_labels))
+            details = tuner.train(
+                np.concatenate(
+                    [np.ones(len(gallery_labels) + len(copies), bool), composites[1] < 0]
+                ),
+                epoch_size=len(gallery_labels),
+            )
             fit_s = features_s + time.monotonic() - started
             label = (
                 f"fine-tune {stages} stages, margin {margin}, earlier stage rate {rate}, "
@@ -151,10 +164,45 @@ def fine_tuning_rows(
                 tuner,
                 f"{label}, {args.epochs} epochs",
                 fit_s,
-                (gallery_labels, copies, query_features, query_labels, studio_labels, folds),
+                (
+                    gallery_labels,
+                    copies,
+                    composites,
+                    query_features,
+                    query_labels,
+                    studio_labels,
+                    folds,
+                ),
                 weights,
             )
     return rows
+
+
+def add_fold_composites(tuner, pictures, gallery_paths, gallery_labels, n_studio, folds):
+    """As the app trains: ``ADAPTATION["COMPOSITES"]`` composites of each product's studio
+    image, pasted on 64 of the catalogue's photos, for the training on every product (set -1)
+    and, for each fold (set i), of the other products on their own photos only: no model sees
+    anything of the products it is checked on as never learned. (labels, set) of each."""
+    from visual_search.adaptation import add_composites
+    from visual_search.conf import vs_settings
+
+    def loaded(index):
+        return [
+            picture for batch in pictures([gallery_paths[i] for i in index]) for picture in batch
+        ]
+
+    per_product = int(vs_settings.ADAPTATION["COMPOSITES"])
+    labels, sets = [], []
+    for place, fold in enumerate([None, *folds]):
+        others = ~np.isin(gallery_labels, [] if fold is None else fold)
+        photos = np.flatnonzero(others & (np.arange(len(gallery_labels)) >= n_studio))
+        photos = np.random.default_rng(0).choice(photos, min(64, len(photos)), replace=False)
+        studio = np.flatnonzero(others[:n_studio])
+        mains = dict(zip(gallery_labels[studio], loaded(studio), strict=True))
+        made = add_composites(tuner, mains, loaded(np.sort(photos)), per_product)
+        labels.append(made)
+        sets.append(np.full(len(made), place - 1))
+    return np.concatenate(labels), np.concatenate(sets)
 
 
 def _floats(listed: str | None, default: float) -> list[float]:
@@ -169,9 +217,10 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
     from visual_search.adaptation import learned_whitening
     from visual_search.unlearned import BONUSES
 
-    gallery_labels, copies, query_features, query_labels, studio_labels, folds = data
+    gallery_labels, copies, composites, query_features, query_labels, studio_labels, folds = data
     n_studio = len(studio_labels)
-    gallery = np.arange(len(gallery_labels) + len(copies)) < len(gallery_labels)  # no copies
+    extras = len(copies) + len(composites[0])
+    gallery = np.arange(len(gallery_labels) + extras) < len(gallery_labels)  # no extras
     rows = []
     for weight in weights:
         tuner.blend(weight)
@@ -210,9 +259,13 @@ def evaluate_tuner(args, tuner, label, fit_s, data, weights) -> list[dict]:
         # pipeline run fitted, docs/benchmarks.md); side by side with no bonus.
         bonuses = (0.0, BONUSES[-1]) if suffix == " (other products)" else (0.0,)
         fold_ranks: dict[tuple, list] = {}
-        for fold in folds:
+        for place, fold in enumerate(folds):
             chosen = selection(fold)
-            tuner.train(np.concatenate([chosen, chosen[copies]]), epoch_size=int(chosen.sum()))
+            fold_composites = composites[1] == place
+            tuner.train(
+                np.concatenate([chosen, chosen[copies], fold_composites]),
+                epoch_size=int(chosen.sum()),
+            )
             for weight in weights:
                 tuner.blend(weight)
                 g = tuner.added_vectors(gallery)

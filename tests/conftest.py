@@ -40,6 +40,20 @@ def grocery_photos(split: str, fine_class: str) -> list[Path]:
     return photos
 
 
+def grocery_studio_image(fine_class: str) -> Path:
+    """The studio ("iconic") image of one product class, from classes.csv."""
+    for line in (GROCERY / "classes.csv").read_text().splitlines()[1:]:
+        name, *_, iconic, _ = line.split(",")
+        if name == fine_class:
+            return GROCERY / iconic.lstrip("/")
+    raise LookupError(f"no product class {fine_class!r} in classes.csv")
+
+
+@pytest.fixture
+def studio_image() -> Callable[[str], Path]:
+    return grocery_studio_image
+
+
 @pytest.fixture
 def photos() -> Callable[[str, str], list[Path]]:
     return grocery_photos

@@ -13,6 +13,7 @@ from django.core.files.base import ContentFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from tests.conftest import grocery_studio_image
 from visual_search import adaptation_runs, services
 from visual_search.adaptation import AdaptationRefused
 from visual_search.models import AdaptationRun, EmbeddingSpace, ProductEmbedding
@@ -36,13 +37,15 @@ LOOK_ALIKES = ["Bravo-Apple-Juice", "Bravo-Orange-Juice", "God-Morgon-Apple-Juic
                "Yoggi-Vanilla-Yoghurt"]  # fmt: skip
 
 
-def catalogue_of(names, make_product, photos):
-    """Products with several in-store photos each, spread over their photo sequences."""
+def catalogue_of(names, make_product, photos, studio=()):
+    """Products with several in-store photos each, spread over their photo sequences; those
+    named in ``studio`` have their studio shot as main image, the others a photo."""
     made = {}
     for name in names:
         shots = photos("train", name)
         spread = shots[len(shots) // 6 :: max(1, len(shots) // 6)][:5]
-        made[name] = make_product(name, shots[0], gallery=spread)
+        main = grocery_studio_image(name) if name in studio else shots[0]
+        made[name] = make_product(name, main, gallery=spread)
     services.embed_many([p.pk for p in made.values()])
     return made
 
@@ -101,6 +104,16 @@ def best_score(space, encoder, picture, region, product=None):
     product = product or region.best.product
     stored = ProductEmbedding.objects.filter(product_id=product.pk, space=space)
     return max(float(np.asarray(row.embedding) @ vector) for row in stored)
+
+
+def strangers_of(space):
+    """The products (pks, as text) an adaptation of ``space`` leaves out of its check, with
+    the default HELD_OUT and STRANGERS shares."""
+    from visual_search.adaptation import held_out_mask, stranger_mask
+
+    rows = ProductEmbedding.objects.filter(space=space, status="ready").order_by("product_id", "id")
+    ids = np.array([str(pk) for pk in rows.values_list("product_id", flat=True)])
+    return set(ids[stranger_mask(ids, held_out_mask(ids, 0.2), 0.2)])
 
 
 def run(*args):
@@ -170,8 +183,12 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
     # Each learned product's main image (6 images: 1 copy) is trained on once more; the
     # copies are not stored (one adapted row per base row, below).
     assert report["main_image_copies"] == len(NAMES)
-    # An epoch draws as many images as there are without the copies: they cost no time.
-    assert report["epoch_images"] == report["training_images"] - report["products"]
+    # An epoch draws as many images as there are without the copies and composites (none
+    # here: every main image is an in-store photo, with no plain background to cut out).
+    assert "0 composites of the main images of 0 of 20 products" in out
+    assert report["epoch_images"] == (
+        report["training_images"] - report["products"] - report["composites"]
+    )
     assert report["products"] + report["stranger_products"] == len(NAMES)
     # The status page says what the confidence was calibrated against.
     strangers = report["calibration"]["strangers"]
@@ -257,17 +274,31 @@ def test_fine_tuning_encodes_the_catalogue_again_and_new_products_in_both_spaces
 
 
 def test_fine_tuning_stores_the_vectors_it_computed_and_catches_up_with_changes(
-    labelled_catalogue, make_product, photos, two_torch_threads
+    labelled_catalogue, make_product, photos, two_torch_threads, settings
 ):
     """The new space's vectors come from the early-stage features kept for training, not
     from reading every image again: they must be what the pipeline would have stored. A
     product added or deleted while the model learns is caught up with. With two threads, the
-    model stored is trained beside the check model: its vectors and weights are stored."""
+    model stored is trained beside the check model: its vectors and weights are stored. A
+    product whose main image is a studio shot is also learned from composites of it, as many
+    as the memory budget of the training images leaves room for; they are not stored."""
     from visual_search.adaptation import adapt, space_encoder
     from visual_search.gallery import product_images
     from visual_search.images import load_image, read_bytes
 
+    (milk,) = catalogue_of(
+        ["Arla-Standard-Milk"], make_product, photos, studio=["Arla-Standard-Milk"]
+    ).values()
+    base = query_space()
     gone = labelled_catalogue["Nectarine"]
+    ready = ProductEmbedding.objects.filter(status="ready")
+    kept_rows = ready.filter(space=base).exclude(product_id=gone.pk).count()
+    # Room for every image and two more per learned product (21): two composites, not eight.
+    budget = ready.filter(space=base).count() + 2 * 21
+    settings.VISUAL_SEARCH = {
+        **settings.VISUAL_SEARCH,
+        "ADAPTATION": {"MAX_TRAINING_IMAGES": budget},
+    }
     late: list = []
 
     def progress(line: str) -> None:
@@ -285,6 +316,17 @@ def test_fine_tuning_stores_the_vectors_it_computed_and_catches_up_with_changes(
     ).space
     assert any("beside the check model" in line for line in lines)
     assert any("model to store: epoch 2/2" in line for line in lines)
+    # Two composites of the milk's studio shot (the other main images are in-store photos);
+    # the check model learns them unless the milk is one of its strangers.
+    assert any("2 composites of the main images of 1 of 21 products" in line for line in lines)
+    details = space.report
+    assert details["composites"] == (0 if str(milk.pk) in strangers_of(base) else 2)
+    assert details["epoch_images"] == (
+        details["training_images"] - details["products"] - details["composites"]
+    )
+    # One row per image of the catalogue, with the changes caught up with (the late product's
+    # one image in, the deleted product's out): no composite is stored.
+    assert ready.filter(space=space).count() == kept_rows + 1
     assert late and any("2 products changed while learning" in line for line in lines)
     assert not ProductEmbedding.objects.filter(space=space, product_id=gone.pk).exists()
     stored = ProductEmbedding.objects.get(space=space, product_id=late[0].pk)

@@ -184,6 +184,7 @@ def test_confidence_threshold_and_adaptation_settings(settings):
         "ADAPTATION": {
             "METHOD": "magic",
             "EPOCHS": 0,
+            "COMPOSITES": -1,
             "HELD_OUT": 1,
             "STRANGERS": -0.1,
             "UNLEARNED_BONUS": "auto",
@@ -192,9 +193,10 @@ def test_confidence_threshold_and_adaptation_settings(settings):
     (query,) = checks.check_query_settings()
     assert query.id == "visual_search.E009" and "MIN_CONFIDENCE" in query.msg
     messages = checks.check_adaptation_settings()
-    assert ids(messages) == ["visual_search.E012"] and len(messages) == 5
+    assert ids(messages) == ["visual_search.E012"] and len(messages) == 6
     assert "METHOD" in messages[0].msg and "EPOCHS" in messages[1].msg
-    assert "UNLEARNED_BONUS" in messages[4].msg and "'auto'" in messages[4].msg
+    assert "COMPOSITES" in messages[2].msg and "-1" in messages[2].msg
+    assert "UNLEARNED_BONUS" in messages[5].msg and "'auto'" in messages[5].msg
     settings.VISUAL_SEARCH = {**settings.VISUAL_SEARCH, "ADAPTATION": {}, "QUERY": {}}
     assert checks.check_adaptation_settings() == [] and checks.check_query_settings() == []
 

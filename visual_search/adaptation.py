@@ -154,6 +154,30 @@ def main_image_copies(labels: np.ndarray, most: int = 6, every: int = 5) -> np.n
     return np.repeat(first, np.minimum(most, counts // every))
 
 
+def add_composites(
+    tuner: Any,
+    mains: dict[Any, Image.Image],
+    photos: Sequence[Image.Image],
+    per_product: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """Add ``per_product`` composites of each product's main image (composites.py) to the
+    tuner, pasted on crops of ``photos``; returns their labels, in the order added. Products
+    whose main image has no plain background to cut the item from get none."""
+    from visual_search.composites import composites, cut_out, scaled_down
+
+    labels: list[Any] = []
+    if not photos or per_product <= 0:
+        return np.array(labels)
+    photos = [scaled_down(photo) for photo in photos]  # a phone's 12 MP, 64 times over
+    for place, (label, main) in enumerate(mains.items()):
+        item = cut_out(scaled_down(main))
+        if item is not None:
+            tuner.add(composites([item] * per_product, photos, seed + place), [label] * per_product)
+            labels += [label] * per_product
+    return np.array(labels)
+
+
 def held_out_mask(labels: np.ndarray, share: float) -> np.ndarray:
     """The last ``share`` of each product's images (products with three or more; two stay
     to learn from). The last ones, not a random pick: consecutive shots of a product are near
@@ -476,19 +500,23 @@ def _learn_fine_tuning(
     for index, pictures in _pictures(rows, wanted[copies]):
         tuner.add(pictures, labels[index])
     progress(f"training images prepared: {len(copies)} copies of the products' main images")
-
-    def trained(mask: np.ndarray) -> dict[str, Any]:  # with the copies, epochs as long
-        return {"selected": np.concatenate([mask, mask[copies]]), "epoch_size": int(mask.sum())}
-
-    def images(mask: np.ndarray) -> np.ndarray:  # the copies left out
-        return np.concatenate([mask, np.zeros(len(copies), dtype=bool)])
-
     # Products with a single image are embedded but not learned from: a class seen only in
     # its studio shot teaches the model that studio shots are that class, and photos of it
     # were then found first 18 % of the time, against 46 % left out and 39 % before
     # adapting (benchmarks/adaptation.py --folds --studio-classes).
     learned_products = several_images(added_labels)
     several = np.isin(added_labels, learned_products)
+    composite_labels = _composites(
+        tuner, rows, wanted, added_labels, several, check_fit & several, progress
+    )
+
+    def trained(mask: np.ndarray) -> dict[str, Any]:  # with the extras, epochs as long
+        extras = [mask[copies], np.isin(composite_labels, added_labels[mask])]
+        return {"selected": np.concatenate([mask, *extras]), "epoch_size": int(mask.sum())}
+
+    def images(mask: np.ndarray) -> np.ndarray:  # the copies and composites left out
+        return np.concatenate([mask, np.zeros(len(copies) + len(composite_labels), dtype=bool)])
+
     beside: TrainingBeside | None = None
     stored = tuner
     if check_strangers.any() and TrainingBeside.pays():
@@ -523,6 +551,9 @@ def _learn_fine_tuning(
         details = tuner.train(**trained(check_fit & several), progress=check_progress)
         details["single_image_products"] = len(np.unique(added_labels)) - len(learned_products)
         details["main_image_copies"] = len(copies)
+        # Those the check model learned from (the stored model learns the strangers' too).
+        check_products = added_labels[check_fit & several]
+        details["composites"] = int(np.isin(composite_labels, check_products).sum())
         stages = tuner.config.trained_stages
         learned = _Learned(
             held=tuner.added_vectors(images(check_held)),
@@ -543,6 +574,43 @@ def _learn_fine_tuning(
     if beside is not None:
         learned.stop = beside.cancel
     return learned
+
+
+def _composites(
+    tuner: Any,
+    rows: list[tuple[Any, ...]],
+    wanted: np.ndarray,
+    labels: np.ndarray,
+    learned: np.ndarray,
+    background: np.ndarray,
+    progress: Callable[[str], None],
+) -> np.ndarray:
+    """Composites of the main image of each learned product (``learned``: a mask of
+    ``wanted``, whose ``labels`` are given), pasted on crops of up to 64 of the ``background``
+    images that are not a main image: the check's fit images, so that the check model sees
+    nothing of the held-out images or the strangers. Their labels, in the tuner's order."""
+    _, first = np.unique(labels[learned], return_index=True)
+    mains_at = np.flatnonzero(learned)[first]
+    others = np.setdiff1d(np.flatnonzero(background), mains_at)
+    # Within the memory budget of the training images, with the catalogue's own first.
+    room = int(vs_settings.ADAPTATION["MAX_TRAINING_IMAGES"]) - len(wanted)
+    per_product = min(int(vs_settings.ADAPTATION["COMPOSITES"]), room // max(1, len(mains_at)))
+    if per_product <= 0 or not len(others):
+        return np.array([], dtype=labels.dtype)
+    chosen = np.sort(np.random.default_rng(0).choice(others, min(len(others), 64), replace=False))
+    photos = [picture for _, batch in _pictures(rows, wanted[chosen]) for picture in batch]
+    mains = {
+        str(rows[i][0]): picture
+        for index, batch in _pictures(rows, wanted[mains_at])
+        for i, picture in zip(index, batch, strict=True)
+    }
+    made = add_composites(tuner, mains, photos, per_product).astype(labels.dtype)
+    progress(
+        f"training images prepared: {len(made)} composites of the main images of "
+        f"{len(np.unique(made))} of {len(mains)} products (the others have no plain "
+        "background to cut the product from)"
+    )
+    return made
 
 
 def _pictures(

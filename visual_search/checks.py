@@ -163,6 +163,14 @@ def check_adaptation_settings(**kwargs: Any) -> list[checks.CheckMessage]:
             errors.append(
                 _error(f"ADAPTATION {key} must be a positive integer, not {value!r}.", "E012")
             )
+    composites = adaptation.get("COMPOSITES")
+    if not _integer_from(composites, 0):
+        errors.append(
+            _error(
+                f"ADAPTATION COMPOSITES must be 0 (none) or a positive integer, not {composites!r}.",
+                "E012",
+            )
+        )
     held, strangers = adaptation.get("HELD_OUT"), adaptation.get("STRANGERS")
     if not (_number(held) and 0 < held < 1):
         errors.append(

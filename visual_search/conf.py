@@ -89,6 +89,10 @@ DEFAULTS: dict[str, Any] = {
         "EPOCHS": 10,
         # Training images are sampled down to this many (memory: ~180 KB each while training).
         "MAX_TRAINING_IMAGES": 20000,
+        # Photo-like composites made of each learned product's main image (its studio shot
+        # cut out of a plain background, pasted on the catalogue's in-store photos) that the
+        # fine-tuning learns from beside the real images; 0: none (composites.py).
+        "COMPOSITES": 8,
         # Share of each product's images (products with 3 or more) held out to check the
         # adapted space and to calibrate match confidence before anything is switched.
         "HELD_OUT": 0.2,
