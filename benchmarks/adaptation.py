@@ -198,7 +198,7 @@ def add_fold_composites(tuner, pictures, gallery_paths, gallery_labels, n_studio
         photos = np.flatnonzero(others & (np.arange(len(gallery_labels)) >= n_studio))
         photos = np.random.default_rng(0).choice(photos, min(64, len(photos)), replace=False)
         studio = np.flatnonzero(others[:n_studio])
-        mains = dict(zip(gallery_labels[studio], loaded(studio), strict=True))
+        mains = zip(gallery_labels[studio], loaded(studio), strict=True)
         made = add_composites(tuner, mains, loaded(np.sort(photos)), per_product)
         labels.append(made)
         sets.append(np.full(len(made), place - 1))

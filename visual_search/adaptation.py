@@ -24,7 +24,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,21 +156,22 @@ def main_image_copies(labels: np.ndarray, most: int = 6, every: int = 5) -> np.n
 
 def add_composites(
     tuner: Any,
-    mains: dict[Any, Image.Image],
+    mains: Iterable[tuple[Any, Image.Image]],
     photos: Sequence[Image.Image],
     per_product: int,
     seed: int = 0,
 ) -> np.ndarray:
     """Add ``per_product`` composites of each product's main image (composites.py) to the
     tuner, pasted on crops of ``photos``; returns their labels, in the order added. Products
-    whose main image has no plain background to cut the item from get none."""
+    whose main image has no plain background to cut the item from get none. ``mains``, (label,
+    main image) pairs, is read one pair at a time: a large catalogue's need not fit in memory."""
     from visual_search.composites import composites, cut_out, scaled_down
 
     labels: list[Any] = []
     if not photos or per_product <= 0:
         return np.array(labels)
     photos = [scaled_down(photo) for photo in photos]  # a phone's 12 MP, 64 times over
-    for place, (label, main) in enumerate(mains.items()):
+    for place, (label, main) in enumerate(mains):
         item = cut_out(scaled_down(main))
         if item is not None:
             tuner.add(composites([item] * per_product, photos, seed + place), [label] * per_product)
@@ -599,15 +600,15 @@ def _composites(
         return np.array([], dtype=labels.dtype)
     chosen = np.sort(np.random.default_rng(0).choice(others, min(len(others), 64), replace=False))
     photos = [picture for _, batch in _pictures(rows, wanted[chosen]) for picture in batch]
-    mains = {
-        str(rows[i][0]): picture
+    mains = (
+        (str(rows[i][0]), picture)
         for index, batch in _pictures(rows, wanted[mains_at])
         for i, picture in zip(index, batch, strict=True)
-    }
+    )
     made = add_composites(tuner, mains, photos, per_product).astype(labels.dtype)
     progress(
         f"training images prepared: {len(made)} composites of the main images of "
-        f"{len(np.unique(made))} of {len(mains)} products (the others have no plain "
+        f"{len(np.unique(made))} of {len(mains_at)} products (the others have no plain "
         "background to cut the product from)"
     )
     return made
